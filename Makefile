@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create the virtual environment when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on a built-in default: prune timm resnet18 to half its MACs, save, reload, report.
+demo: $(STAMP)
+	$(VENV)/bin/pfgdf prune --model resnet18 --num-classes 10 --target-macs 0.5 \
+		--output demo-out/resnet18-pfgdf.pt --report demo-out/report.json
+	$(VENV)/bin/pfgdf inspect demo-out/resnet18-pfgdf.pt
+
+## The default test suite (what .ci/run calls): lint, then every test not marked slow.
+test: $(STAMP)
+	$(PY) -m ruff check pfgdf_plugin tests examples
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) examples/benchmarks/bench_pfgdf_overhead.py --output bench-out/pfgdf_overhead.json
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache .ruff_cache

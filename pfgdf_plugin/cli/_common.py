@@ -1,0 +1,50 @@
+"""Argument helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def input_size(text: str) -> tuple[int, int, int]:
+    """``224`` -> (3, 224, 224); ``160x192`` -> (3, 160, 192); ``1x28x28`` -> (1, 28, 28)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = [3, parts[0], parts[0]]
+    elif len(parts) == 2:
+        parts = [3, *parts]
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected SIZE, HxW or CxHxW with positive integers, got {text!r}")
+    return (parts[0], parts[1], parts[2])
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction to keep in (0, 1], got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def distinct_outputs(inputs: list[str | os.PathLike], outputs: list[str | os.PathLike | None]) -> None:
+    """Refuse to write an output over one of the inputs."""
+    ins = {Path(p).resolve() for p in inputs if p}
+    for out in outputs:
+        if out and Path(out).resolve() in ins:
+            raise ValueError(f"output {str(out)!r} would overwrite an input; choose another path")

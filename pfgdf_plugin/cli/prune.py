@@ -1,0 +1,83 @@
+"""``pfgdf prune``: prune a timm model (random weights, or a saved model) and save it with a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import torch
+
+from ..criteria import STATISTICS, PFGDFImportance
+from ..models import create_model, default_input_size
+from ..pipeline import load_pruned, prune, save_pruned
+from . import _common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a model with one PFGDF threshold (alpha) or to a MACs/params target",
+        description="Prune a timm model (random weights unless --checkpoint is given) with PFGDF: every "
+        "dependency group loses the channels whose Gaussian distribution feature z = |s - mu| / sigma is "
+        "below alpha. With --target-macs/--target-params, alpha is searched by bisection. Prints a "
+        "per-group table on stdout, progress on stderr.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="timm model name, e.g. resnet18 (created with pretrained=False)")
+    src.add_argument("--checkpoint", help="a model file written by pfgdf prune / save_pruned, to prune further")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: timm's)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: timm's, 3)")
+    p.add_argument(
+        "--input-size",
+        type=_common.input_size,
+        default=None,
+        help="example input as SIZE, HxW or CxHxW (default: the model's timm config, else 224)",
+    )
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--alpha", type=_common.positive, help="prune channels with z < ALPHA in every group")
+    how.add_argument("--target-macs", type=_common.fraction, help="fraction of MACs to keep, e.g. 0.5")
+    how.add_argument("--target-params", type=_common.fraction, help="fraction of parameters to keep")
+    p.add_argument("--statistic", choices=STATISTICS, default="l1", help="per-filter statistic (default: l1)")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts at multiples of N")
+    p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default: 1)")
+    p.add_argument("--output", required=True, help="where to save the pruned model (.pt, written atomically)")
+    p.add_argument("--report", default=None, help="also write the report as JSON to this path")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    _common.distinct_outputs([args.checkpoint], [args.output, args.report])
+    if args.checkpoint:
+        model = load_pruned(args.checkpoint)
+    else:
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
+    size = args.input_size or default_input_size(model)
+    if args.in_chans and args.input_size is None:
+        size = (args.in_chans, *size[1:])
+    log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    log(f"pruning {args.model or args.checkpoint} on input {tuple(size)} ...")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        result = prune(
+            model,
+            torch.randn(1, *size),
+            alpha=args.alpha,
+            target_macs=args.target_macs,
+            target_params=args.target_params,
+            importance=PFGDFImportance(statistic=args.statistic),
+            round_to=args.round_to,
+            min_channels=args.min_channels,
+            inplace=True,
+            progress=not args.quiet,
+        )
+    metadata = {"source": args.model or args.checkpoint, "input_size": list(size)} | {
+        k: v for k, v in result.to_dict().items() if k in ("alpha", "target", "macs_kept", "params_kept")
+    }
+    save_pruned(result.model, args.output, metadata=metadata)
+    if args.report:
+        result.to_json(args.report)
+    print(result.table())
+    log(f"saved {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0

@@ -1,0 +1,15 @@
+"""Filter-importance criteria: Torch-Pruning ``Importance`` classes with one ``__call__(group)`` each."""
+
+from .channels import ChannelSlice, channel_slices, primary_slices, reduce_to_group
+from .pfgdf import STATISTICS, PFGDFImportance, filter_statistic, gaussian_feature
+
+__all__ = [
+    "STATISTICS",
+    "ChannelSlice",
+    "PFGDFImportance",
+    "channel_slices",
+    "filter_statistic",
+    "gaussian_feature",
+    "primary_slices",
+    "reduce_to_group",
+]

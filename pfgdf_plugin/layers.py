@@ -1,0 +1,40 @@
+"""Layer-type knowledge shared by criteria, the cost model and the pipeline."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+"""Norm layers with (optional) per-channel affine parameters."""
+
+WEIGHTED_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+"""Layers with filters: the roots of prunable dependency groups."""
+
+
+def is_depthwise(m: object) -> bool:
+    """A conv whose every channel is its own group: its filter *is* the channel."""
+    return (
+        isinstance(m, nn.modules.conv._ConvNd)
+        and m.groups > 1
+        and m.groups == m.in_channels == m.out_channels
+    )
+
+
+def channel_count(m: nn.Module, direction: str) -> int | None:
+    """Channels of ``m`` along ``direction`` (``"out"`` or ``"in"``); ``None`` for other layer types."""
+    if isinstance(m, nn.Linear):
+        return m.out_features if direction == "out" else m.in_features
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels if direction == "out" else m.in_channels
+    if isinstance(m, nn.LayerNorm):
+        return int(m.normalized_shape[-1])
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
+    if isinstance(m, NORM_TYPES):
+        return m.num_features
+    return None

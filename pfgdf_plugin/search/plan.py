@@ -1,0 +1,93 @@
+"""From per-channel scores to a pruning plan: which channels of each group go, for one threshold."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class ScoredGroup:
+    """One prunable dependency group with its channel scores, ready for planning.
+
+    Attributes:
+        root: the layer whose out-channels define the group (re-used to rebuild the group when pruning).
+        root_name: the root's module name.
+        handler: the Torch-Pruning pruning function of the root.
+        channels: channels in the group (before pruning).
+        ch_groups: channel grouping (grouped convs): pruning removes the same positions from each group.
+        scores: one score per position within a channel group (length ``channels // ch_groups``); a position
+            whose score is below the threshold is "insignificant".
+        ranking: positions in the order they are pruned (ascending ``scores`` unless ranked by another
+            criterion).
+        member_positions: for the cost model, each coupled layer's ``(module, direction, positions)`` where
+            ``positions`` lists, per channel of that layer in the group, the group channel it belongs to.
+        member_names: names of the coupled layers with weights, for the report.
+    """
+
+    root: nn.Module
+    root_name: str
+    handler: Callable
+    channels: int
+    ch_groups: int
+    scores: torch.Tensor
+    ranking: torch.Tensor
+    member_positions: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)
+    member_names: list[str] = field(default_factory=list)
+
+    @property
+    def positions(self) -> int:
+        return self.channels // self.ch_groups
+
+
+def removal_count(group: ScoredGroup, threshold: float, min_channels: int, round_to: int | None) -> int:
+    """How many positions (per channel group) the group loses at ``threshold``.
+
+    The band (``scores < threshold``) sets the count; at least ``min_channels`` channels stay; with
+    ``round_to`` the kept channel count is rounded *up* to a multiple of it (keeping more, never fewer).
+    """
+    m = group.positions
+    k = int((group.scores < threshold).sum())
+    min_kept = max(1, math.ceil(min_channels / group.ch_groups))
+    kept = max(m - k, min(min_kept, m))
+    if round_to and round_to > 1:
+        while kept < m and (kept * group.ch_groups) % round_to:
+            kept += 1
+    return m - kept
+
+
+def pruned_positions(group: ScoredGroup, count: int) -> torch.Tensor:
+    """The first ``count`` positions of the group's ranking, sorted."""
+    return group.ranking[:count].sort().values
+
+
+def expand_positions(group: ScoredGroup, positions: torch.Tensor) -> list[int]:
+    """Positions within a channel group -> the group's channel indices, repeated for every channel group."""
+    m = group.positions
+    return sorted(int(p) + g * m for g in range(group.ch_groups) for p in positions.tolist())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Channels to remove per group (group channel indices), for one threshold."""
+
+    threshold: float
+    removed: tuple[tuple[int, ...], ...]
+
+    def removed_count(self) -> int:
+        return sum(len(r) for r in self.removed)
+
+
+def make_plan(
+    groups: list[ScoredGroup], threshold: float, min_channels: int, round_to: int | None
+) -> Plan:
+    """The pruning plan at ``threshold`` for every group."""
+    removed = []
+    for g in groups:
+        count = removal_count(g, threshold, min_channels, round_to)
+        removed.append(tuple(expand_positions(g, pruned_positions(g, count))) if count else ())
+    return Plan(threshold=threshold, removed=tuple(removed))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 import torch
 
@@ -58,23 +57,26 @@ def run(args: argparse.Namespace) -> int:
         size = (args.in_chans, *size[1:])
     log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     log(f"pruning {args.model or args.checkpoint} on input {tuple(size)} ...")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        result = prune(
-            model,
-            torch.randn(1, *size),
-            alpha=args.alpha,
-            target_macs=args.target_macs,
-            target_params=args.target_params,
-            importance=PFGDFImportance(statistic=args.statistic),
-            round_to=args.round_to,
-            min_channels=args.min_channels,
-            inplace=True,
-            progress=not args.quiet,
-        )
-    metadata = {"source": args.model or args.checkpoint, "input_size": list(size)} | {
-        k: v for k, v in result.to_dict().items() if k in ("alpha", "target", "macs_kept", "params_kept")
-    }
+    result = prune(
+        model,
+        torch.randn(1, *size),
+        alpha=args.alpha,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        importance=PFGDFImportance(statistic=args.statistic),
+        round_to=args.round_to,
+        min_channels=args.min_channels,
+        inplace=True,
+        progress=not args.quiet,
+    )
+    # Enough to rebuild the unpruned architecture later (export and bench compare against it).
+    metadata = {
+        "source": args.model or args.checkpoint,
+        "timm_model": args.model,
+        "num_classes": args.num_classes,
+        "in_chans": args.in_chans,
+        "input_size": list(size),
+    } | {k: v for k, v in result.to_dict().items() if k in ("alpha", "target", "macs_kept", "params_kept")}
     save_pruned(result.model, args.output, metadata=metadata)
     if args.report:
         result.to_json(args.report)

@@ -8,19 +8,33 @@ Example:
     True
 """
 
-from .criteria import PFGDFImportance
+from .criteria import CHIPImportance, PFGDFImportance
 from .models import create_model, find_classifier
-from .pipeline import PruneResult, load_pruned, prune, save_pruned
+from .pipeline import (
+    PruneResult,
+    benchmark_latency,
+    export_onnx,
+    export_ort,
+    load_pruned,
+    prune,
+    quantize_int8,
+    save_pruned,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHIPImportance",
     "PFGDFImportance",
     "PruneResult",
     "__version__",
+    "benchmark_latency",
     "create_model",
+    "export_onnx",
+    "export_ort",
     "find_classifier",
     "load_pruned",
     "prune",
+    "quantize_int8",
     "save_pruned",
 ]

@@ -1,10 +1,12 @@
 """Filter-importance criteria: Torch-Pruning ``Importance`` classes with one ``__call__(group)`` each."""
 
 from .channels import ChannelSlice, channel_slices, primary_slices, reduce_to_group
+from .chip import CHIPImportance
 from .pfgdf import STATISTICS, PFGDFImportance, filter_statistic, gaussian_feature
 
 __all__ = [
     "STATISTICS",
+    "CHIPImportance",
     "ChannelSlice",
     "PFGDFImportance",
     "channel_slices",

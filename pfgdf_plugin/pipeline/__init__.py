@@ -1,6 +1,26 @@
-"""Pipeline stages, one module each: prune, serialize (save/load)."""
+"""Pipeline stages, one module each: prune, serialize (save/load), export (ONNX / ORT / INT8), benchmark."""
 
+from .benchmark import BenchmarkResult, Measurement, benchmark_latency
+from .export import Int8Export, OnnxExport, OrtExport, Parity, ParityError, export_onnx, export_ort, quantize_int8
 from .prune import GroupChange, LayerChange, PruneResult, prune
 from .serialize import load_pruned, save_pruned
 
-__all__ = ["GroupChange", "LayerChange", "PruneResult", "load_pruned", "prune", "save_pruned"]
+__all__ = [
+    "BenchmarkResult",
+    "GroupChange",
+    "Int8Export",
+    "LayerChange",
+    "Measurement",
+    "OnnxExport",
+    "OrtExport",
+    "Parity",
+    "ParityError",
+    "PruneResult",
+    "benchmark_latency",
+    "export_onnx",
+    "export_ort",
+    "load_pruned",
+    "prune",
+    "quantize_int8",
+    "save_pruned",
+]

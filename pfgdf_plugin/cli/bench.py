@@ -1,0 +1,105 @@
+"""``pfgdf bench``: latency of exported models on ONNX Runtime's CPU execution provider, against an anchor."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..models import create_model
+from ..pipeline.benchmark import PROTOCOL_RUNS, benchmark_latency
+from ..pipeline.serialize import load_pruned_with_metadata
+from . import _common
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time exported models on ONNX Runtime (CPU), interleaved, against a baseline",
+        description="Time .onnx / .ort models on ONNX Runtime's CPU execution provider with sequential "
+        "execution, once per --threads value (intra-op threads; 1 = one edge core): warm-up, then --runs "
+        "single-sample inferences per model, the models interleaved in rotating order so that load changes "
+        "hit all of them alike. Reports median and p90, the speed-up over --baseline, the MACs reduction "
+        "(stored by `pfgdf export`; the most a dense pruned model can gain) and efficiency = speed-up / MACs "
+        "reduction. Table on stdout, progress on stderr.",
+    )
+    p.add_argument("models", nargs="+", help=".onnx or .ort files (named by file stem in the table)")
+    p.add_argument("--baseline", default=None, help="the anchor model, e.g. original.onnx from pfgdf export")
+    p.add_argument("--threads", type=int, action="append", default=None,
+                   help="intra-op threads; repeat for several rounds (default: 1 and 4)")
+    p.add_argument("--runs", type=int, default=PROTOCOL_RUNS,
+                   help=f"timed runs per model and thread count (default and protocol minimum: {PROTOCOL_RUNS})")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default: 10)")
+    p.add_argument("--input-size", type=_common.input_size, default=None,
+                   help="input as SIZE, HxW or CxHxW; only for models exported without a fixed input size")
+    p.add_argument("--torch", metavar="PT", default=None,
+                   help="also time a model file from pfgdf prune in PyTorch eager mode, and the unpruned "
+                   "architecture rebuilt from its metadata when it names a timm model")
+    p.add_argument("--spinning", action="store_true",
+                   help="let ONNX Runtime's idle threads spin (off: spinners steal cores from the next model)")
+    p.add_argument("--report", default=None, help="write the full result (with every sample) as JSON here")
+    p.add_argument("--plot", default=None, help="write a latency-vs-MACs plot (PNG) here")
+    p.add_argument("--markdown", default=None, help="write a Markdown summary here")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = [*args.models, args.baseline, args.torch]
+    _common.distinct_outputs([p for p in inputs if p], [args.report, args.plot, args.markdown])
+    outputs = [p for p in (args.report, args.plot, args.markdown) if p]
+    if len({Path(p).resolve() for p in outputs}) < len(outputs):
+        raise ValueError("--report, --plot and --markdown must be different files")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise ValueError(f"--plot must end in .png, got {args.plot!r}")
+    for p in outputs:
+        if Path(p).is_dir():
+            raise ValueError(f"output {p!r} is a directory; give a file path")
+    threads = args.threads or [1, 4]
+    if any(t < 1 for t in threads):
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    if args.runs < 1 or args.warmup < 0:
+        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.runs < PROTOCOL_RUNS:
+        log(f"note: {args.runs} runs is below the protocol's {PROTOCOL_RUNS}; treat the numbers as a smoke run")
+
+    torch_models, torch_baseline = {}, None
+    if args.torch:
+        model, meta = load_pruned_with_metadata(args.torch)
+        torch_models["pruned"] = model
+        if meta.get("timm_model"):
+            torch_models["original"] = create_model(meta["timm_model"], num_classes=meta.get("num_classes"),
+                                                    in_chans=meta.get("in_chans"))
+            torch_baseline = "original"
+        else:
+            log(f"{args.torch!r} names no timm_model in its metadata: no PyTorch baseline")
+
+    size = None if args.input_size is None else tuple(args.input_size)
+    log(f"timing {len(args.models) + bool(args.baseline) + len(torch_models)} model(s) at "
+        f"{', '.join(map(str, threads))} thread(s), {args.warmup} warm-up + {args.runs} runs each ...")
+    result = benchmark_latency(
+        args.models,
+        baseline=args.baseline,
+        threads=threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        input_size=size,
+        torch_models=torch_models,
+        torch_baseline=torch_baseline,
+        spinning=args.spinning,
+        progress=not args.quiet,
+    )
+    print(result.table())
+    if args.report:
+        result.to_json(args.report)
+    if args.plot:
+        result.plot(args.plot)
+    if args.markdown:
+        from .. import _io
+
+        _io.write_text(args.markdown, result.to_markdown())
+    written = [p for p in (args.report, args.plot, args.markdown) if p]
+    if written:
+        log(f"wrote {', '.join(written)}")
+    return 0

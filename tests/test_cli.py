@@ -1,0 +1,86 @@
+"""The `pfgdf` command through a real subprocess, and the JSON report's schema."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pfgdf_plugin.cli import COMMANDS, main
+
+
+def pfgdf(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pfgdf_plugin.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+REPORT_KEYS = {
+    "alpha": float, "target": dict, "search_steps": int, "criterion": str, "ranked_by": str,
+    "macs_before": float, "macs_after": float, "macs_kept": float, "params_before": int, "params_after": int,
+    "params_kept": float, "seconds": float, "groups": list, "layers": list, "ignored": dict,
+}
+
+
+def test_prune_inspect_end_to_end(tmp_path):
+    out, report = tmp_path / "p.pt", tmp_path / "r.json"
+    run = pfgdf("prune", "--model", "resnet18", "--num-classes", "10", "--input-size", "64", "--target-macs",
+                "0.5", "--output", str(out), "--report", str(report))
+    assert run.returncode == 0, run.stderr
+    assert "group (root layer)" in run.stdout and "MACs" in run.stdout and "fc (classifier)" in run.stdout
+    assert "pruning resnet18" in run.stderr
+    data = json.loads(report.read_text())
+    for key, kind in REPORT_KEYS.items():
+        assert isinstance(data[key], kind), key
+    assert data["target"] == {"kind": "macs", "keep": 0.5}
+    assert abs(data["macs_kept"] - 0.5) <= 0.01
+    assert set(data["groups"][0]) == {"root", "layers", "channels_before", "channels_after", "kept"}
+    assert set(data["layers"][0]) == {"name", "type", "in_before", "in_after", "out_before", "out_after"}
+
+    shown = pfgdf("inspect", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "output: (1, 10)" in shown.stdout
+    assert "timm_model: resnet18" in shown.stdout
+
+
+def test_unknown_model_lists_close_matches(tmp_path):
+    run = pfgdf("prune", "--model", "resnet1", "--alpha", "1", "--output", str(tmp_path / "x.pt"))
+    assert run.returncode == 2
+    assert "unknown timm model 'resnet1'" in run.stderr and "resnet18" in run.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--alpha", "0"], "expected a finite number > 0"),
+    (["--target-macs", "1.5"], r"expected a fraction to keep in \(0, 1\]"),
+    (["--alpha", "1", "--target-macs", "0.5"], "not allowed with argument"),
+    (["--alpha", "1", "--statistic", "l3"], "invalid choice: 'l3'"),
+    (["--alpha", "1", "--input-size", "0x5"], "expected SIZE, HxW or CxHxW"),
+])
+def test_bad_arguments_are_usage_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", "--model", "resnet18", "--output", str(tmp_path / "x.pt"), *args])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_output_may_not_overwrite_the_input(tmp_path):
+    out = tmp_path / "p.pt"
+    assert pfgdf("prune", "--model", "resnet18", "--input-size", "32", "--alpha", "1", "--output", str(out),
+                 "--quiet").returncode == 0
+    before = out.read_bytes()
+    run = pfgdf("prune", "--checkpoint", str(out), "--alpha", "1", "--output", str(out))
+    assert run.returncode == 2 and "would overwrite an input" in run.stderr
+    assert out.read_bytes() == before
+
+
+def test_help_lists_every_subcommand(capsys):
+    run = pfgdf("--help")  # once through the real entry point
+    assert run.returncode == 0
+    for name in COMMANDS:
+        assert name in run.stdout
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: pfgdf " + name in capsys.readouterr().out

@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
         importance=PFGDFImportance(statistic=args.statistic),
         round_to=args.round_to,
         min_channels=args.min_channels,
-        inplace=True,
         progress=not args.quiet,
     )
     # Enough to rebuild the unpruned architecture later (export and bench compare against it).

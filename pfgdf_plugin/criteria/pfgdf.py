@@ -34,14 +34,14 @@ _SIGMA_RTOL = 1e-6
 
 
 def filter_statistic(rows: torch.Tensor, statistic: Statistic) -> torch.Tensor:
-    """One statistic per row (per filter), computed in float64."""
-    rows = rows.detach().to(torch.float64)
+    """One statistic per row (per filter), accumulated in float64."""
+    rows = rows.detach()
     if statistic == "l1":
-        return rows.abs().sum(1)
+        return torch.linalg.vector_norm(rows, ord=1, dim=1, dtype=torch.float64)
     if statistic == "l2":
-        return rows.pow(2).sum(1).sqrt()
+        return torch.linalg.vector_norm(rows, ord=2, dim=1, dtype=torch.float64)
     if statistic == "mean":
-        return rows.mean(1)
+        return rows.mean(1, dtype=torch.float64)
     raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
 
 
@@ -107,13 +107,13 @@ class PFGDFImportance(tp.importance.Importance):
         """Each scored member with the ``z`` of *its own* channels (``z[j]`` is channel ``idxs[j]``)."""
         out = []
         for s in primary_slices(channel_slices(group)):
-            rows = s.rows()
-            if not torch.isfinite(rows).all():
+            stat = filter_statistic(s.rows(), self.statistic)
+            if not torch.isfinite(stat).all():  # any NaN/Inf weight makes its filter's statistic non-finite
                 raise ValueError(
                     f"layer {s.name!r} has NaN or Inf weights; PFGDF cannot fit its distribution. "
                     "Fix or re-initialise that layer before pruning."
                 )
-            z = gaussian_feature(filter_statistic(rows, self.statistic))
+            z = gaussian_feature(stat)
             out.append((s, z[list(s.idxs)]))
         return out
 

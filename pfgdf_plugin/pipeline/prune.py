@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,9 @@ from ..search import CostModel, ScoredGroup, bisect_threshold, make_plan
 
 # The search aims this close to the target so that the measured model lands well inside 1 point.
 _SEARCH_TOLERANCE = 0.0025
+# A target counts as met within 1 percentage point; up to this many measured corrections try to meet it.
+_TARGET_TOLERANCE = 0.01
+_MAX_CORRECTIONS = 6
 
 
 @dataclass
@@ -69,6 +73,8 @@ class PruneResult:
         ignored: layers left alone, with the reason.
         macs_before, macs_after, params_before, params_after: measured by ``tp.utils.count_ops_and_params``.
         seconds: wall time of the whole call.
+        extra: ``stage_seconds`` (prepare, graph_and_scoring, count_before, search, apply_and_verify),
+            ``corrections`` (measured re-aims of a target search) and ``target_met``.
     """
 
     model: nn.Module
@@ -225,32 +231,30 @@ def prune(
     ignored = _check_ignored(model, ignored_layers, classifier)
     check.finite_parameters(model)
 
-    with check.eval_mode(model):
-        out_shape = _output_shape(model, example_inputs)
-        if classifier == "auto":
-            head = find_classifier(model, example_inputs)
-            if head is not None:
-                ignored[head] = "classifier"
+    if classifier == "auto":
+        with check.eval_mode(model):
+            try:
+                head = find_classifier(model, example_inputs)
+            except Exception as err:
+                raise _input_error(example_inputs, err) from err
+        if head is not None:
+            ignored[head] = "classifier"
 
     names = {m: n for n, m in model.named_modules()}
+    ignored_names = {names[m]: why for m, why in ignored.items()}
     work = model if inplace else copy.deepcopy(model)
-    if work is not model:  # the same layers, found by name in the copy
-        by_name = dict(work.named_modules())
-        ignored = {by_name[names[m]]: why for m, why in ignored.items()}
+    marks = {"prepare": time.perf_counter() - start}
     with check.eval_mode(work), warnings.catch_warnings():
         # Torch-Pruning announces how it prunes bare nn.Parameters (ConvNeXt's gamma); the default is right.
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        graph = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
-        groups = _score_groups(graph, work, ignored, importance, rank_by, progress)
-        if not groups:
-            raise ValueError(
-                "model has no prunable layer: every conv/linear layer is ignored, is the classifier, or "
-                "belongs to a group the criterion cannot score"
-            )
+        traced = _trace(work, ignored_names, example_inputs, importance, rank_by, progress, original=model)
+        groups = traced.groups
+        marks["graph_and_scoring"] = time.perf_counter() - start
         cost = CostModel(work, example_inputs, groups)
         before = _layer_channels(work)
+        marks["count_before"] = time.perf_counter() - start
 
-        steps = 0
+        steps, corrections = 0, 0
         if target is None:
             threshold = float(alpha)  # type: ignore[arg-type]
         else:
@@ -262,7 +266,7 @@ def prune(
 
             hi = max(float(g.scores.max()) for g in groups) * (1 + 1e-9) + 1e-9
             floor = kept_at(hi)
-            if floor > keep + 0.01:
+            if floor > keep + _TARGET_TOLERANCE:
                 raise ValueError(
                     f"target_{kind}={keep:g} is out of reach: pruning every prunable group down to "
                     f"min_channels={min_channels} still keeps {floor:.1%} of {kind} (the classifier and "
@@ -270,15 +274,46 @@ def prune(
                 )
             found = bisect_threshold(kept_at, keep, hi, tolerance=_SEARCH_TOLERANCE)
             threshold, steps = found.threshold, found.steps
+        marks["search"] = time.perf_counter() - start
 
-        plan = make_plan(groups, threshold, min_channels, round_to)
         # ---- first modification of `work` (the user's model when inplace=True) ----
-        _apply(graph, groups, plan)
-        _check_runs(work, example_inputs, out_shape)
-        macs_after, params_after = tp.utils.count_ops_and_params(work, example_inputs)
+        plan = make_plan(groups, threshold, min_channels, round_to)
+        _apply(traced.graph, groups, plan)
+        macs_after, params_after = _count_and_check(work, example_inputs, traced.out_shape)
+
+        if target is not None:
+            kind, keep = target
+            measured = (macs_after / cost.base.macs) if kind == "macs" else (params_after / cost.base.params)
+            # Overlapping groups (a gate multiplying a concatenation, as in GhostNet) make Torch-Pruning cut
+            # some channels twice, which the prediction cannot see. Then search on measurements instead
+            # (regula falsi between the best thresholds on either side of the target), each on a fresh copy.
+            # Threshold 0 prunes nothing: kept fraction 1.
+            points = [(0.0, 1.0), (threshold, measured)]
+            while abs(measured - keep) > _TARGET_TOLERANCE and not inplace and corrections < _MAX_CORRECTIONS:
+                corrections += 1
+                above = max((p for p in points if p[1] > keep), key=lambda p: p[0])
+                below = min((p for p in points if p[1] <= keep), key=lambda p: p[0], default=(hi, floor))
+                t = above[0] + (below[0] - above[0]) * (above[1] - keep) / max(above[1] - below[1], 1e-12)
+                fresh = copy.deepcopy(model)
+                retraced = _trace(fresh, ignored_names, example_inputs, importance, rank_by, False, original=model)
+                fresh_plan = make_plan(retraced.groups, t, min_channels, round_to)
+                _apply(retraced.graph, retraced.groups, fresh_plan)
+                fresh_macs, fresh_params = _count_and_check(fresh, example_inputs, retraced.out_shape)
+                fresh_measured = fresh_macs / cost.base.macs if kind == "macs" else fresh_params / cost.base.params
+                points.append((t, fresh_measured))
+                if abs(fresh_measured - keep) < abs(measured - keep):
+                    work, groups, plan, threshold = fresh, retraced.groups, fresh_plan, t
+                    macs_after, params_after, measured = fresh_macs, fresh_params, fresh_measured
+            if abs(measured - keep) > _TARGET_TOLERANCE:
+                warnings.warn(
+                    f"prune(): measured {kind} kept {measured:.1%} misses target {keep:.1%} by more than "
+                    f"{_TARGET_TOLERANCE:.0%} (overlapping groups in this architecture)"
+                    + ("; inplace=False lets prune() correct it on a copy" if inplace else ""),
+                    stacklevel=2,
+                )
+        marks["apply_and_verify"] = time.perf_counter() - start
 
     after = _layer_channels(work)
-    work_names = {m: n for n, m in work.named_modules()}
     return PruneResult(
         model=work,
         alpha=threshold,
@@ -294,13 +329,63 @@ def prune(
             LayerChange(name, kind, c_in, after[name][1], c_out, after[name][2])
             for name, (kind, c_in, c_out) in before.items()
         ],
-        ignored={work_names.get(m, type(m).__name__): why for m, why in ignored.items()},
+        ignored=ignored_names,
         macs_before=cost.base.macs,
         macs_after=float(macs_after),
         params_before=int(cost.base.params),
         params_after=int(params_after),
         seconds=time.perf_counter() - start,
+        extra={
+            "stage_seconds": _stages(marks),
+            "corrections": corrections,
+            "target_met": None if target is None else abs(
+                (macs_after / cost.base.macs if target[0] == "macs" else params_after / cost.base.params) - target[1]
+            ) <= _TARGET_TOLERANCE,
+        },
     )
+
+
+@dataclass
+class _Traced:
+    graph: tp.DependencyGraph
+    groups: list[ScoredGroup]
+    out_shape: torch.Size | None
+
+
+def _trace(
+    work: nn.Module,
+    ignored_names: dict[str, str],
+    example_inputs: object,
+    importance: Importance,
+    rank_by: Importance | None,
+    progress: bool,
+    *,
+    original: nn.Module,
+) -> _Traced:
+    """Build the dependency graph of ``work`` once and score every prunable group."""
+    by_name = dict(work.named_modules())
+    ignored = {by_name[n]: why for n, why in ignored_names.items()}
+    with _outputs_of(work) as outputs:
+        try:
+            graph = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
+        except Exception as err:
+            _diagnose_graph_failure(original, example_inputs, err)
+    groups = _score_groups(graph, work, ignored, importance, rank_by, progress)
+    if not groups:
+        raise ValueError(
+            "model has no prunable layer: every conv/linear layer is ignored, is the classifier, or "
+            "belongs to a group the criterion cannot score"
+        )
+    return _Traced(graph, groups, outputs[0] if outputs else None)
+
+
+def _stages(marks: dict[str, float]) -> dict[str, float]:
+    """Cumulative time marks -> seconds spent in each stage."""
+    out, last = {}, 0.0
+    for name, t in marks.items():
+        out[name] = t - last
+        last = t
+    return out
 
 
 def _check_mode(
@@ -337,16 +422,39 @@ def _check_ignored(
     return ignored
 
 
-def _output_shape(model: nn.Module, example_inputs: object) -> torch.Size | None:
+def _input_error(example_inputs: object, err: Exception) -> ValueError:
+    shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else "?"
+    return ValueError(f"example_inputs: the model cannot run on an input of shape {shape}: {err}")
+
+
+def _diagnose_graph_failure(model: nn.Module, example_inputs: object, err: Exception) -> None:
+    """Tell a bad input (the model itself cannot run it) from a graph the tracer cannot build."""
     try:
-        with torch.no_grad():
-            out = _forward(model, example_inputs)
-    except Exception as err:  # the model's own message says what did not fit
-        shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else "?"
-        raise ValueError(
-            f"example_inputs: the model cannot run on an input of shape {shape}: {err}"
-        ) from err
-    return out.shape if isinstance(out, torch.Tensor) else None
+        with check.eval_mode(model), torch.no_grad():
+            _forward(model, example_inputs)
+    except Exception as forward_err:
+        raise _input_error(example_inputs, forward_err) from forward_err
+    raise RuntimeError(f"Torch-Pruning could not build the dependency graph of this model: {err}") from err
+
+
+@contextlib.contextmanager
+def _outputs_of(model: nn.Module) -> Iterator[list[torch.Size]]:
+    """Record the output shape of every forward pass of ``model`` made inside the block.
+
+    The hook also fires inside ``tp.utils.count_ops_and_params``, which runs a deep copy of the model:
+    deepcopy shares function objects, so the copy's hook appends to the same list.
+    """
+    shapes: list[torch.Size] = []
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            shapes.append(out.shape)
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield shapes
+    finally:
+        handle.remove()
 
 
 def _channel_groups(graph: tp.DependencyGraph, model: nn.Module) -> tuple[dict, dict]:
@@ -449,17 +557,19 @@ def _apply(graph: tp.DependencyGraph, groups: list[ScoredGroup], plan) -> None:
             pruning_group.prune()
 
 
-def _check_runs(model: nn.Module, example_inputs: object, out_shape: torch.Size | None) -> None:
-    try:
-        with torch.no_grad():
-            out = _forward(model, example_inputs)
-    except Exception as err:
-        raise RuntimeError(
-            f"the pruned model no longer runs ({err}). A layer of this architecture is not pruned "
-            "consistently by the dependency graph; pass it in ignored_layers."
-        ) from err
-    if out_shape is not None and isinstance(out, torch.Tensor) and out.shape != out_shape:
-        raise RuntimeError(f"pruning changed the output shape from {tuple(out_shape)} to {tuple(out.shape)}")
+def _count_and_check(model: nn.Module, example_inputs: object, out_shape: torch.Size | None) -> tuple[float, int]:
+    """MACs and params of the pruned model; the same forward pass proves it runs with the old output shape."""
+    with _outputs_of(model) as outputs:
+        try:
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+        except Exception as err:
+            raise RuntimeError(
+                f"the pruned model no longer runs ({err}). A layer of this architecture is not pruned "
+                "consistently by the dependency graph; pass it in ignored_layers."
+            ) from err
+    if out_shape is not None and outputs and outputs[-1] != out_shape:
+        raise RuntimeError(f"pruning changed the output shape from {tuple(out_shape)} to {tuple(outputs[-1])}")
+    return float(macs), int(params)
 
 
 def _layer_channels(model: nn.Module) -> dict[str, tuple[str, int, int]]:

@@ -14,11 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-## The main job on a built-in default: prune timm resnet18 to half its MACs, save, reload, report.
+## The main job on a built-in default: train timm resnet10t on real digits, prune it with PFGDF to half its
+## MACs, recalibrate, fine-tune, write demo-out/ (report.json, report.md, original.pt, pruned.pt).
 demo: $(STAMP)
-	$(VENV)/bin/pfgdf prune --model resnet18 --num-classes 10 --target-macs 0.5 \
-		--output demo-out/resnet18-pfgdf.pt --report demo-out/report.json
-	$(VENV)/bin/pfgdf inspect demo-out/resnet18-pfgdf.pt
+	$(VENV)/bin/pfgdf demo --output-dir demo-out
 
 ## The default test suite (what .ci/run calls): lint, then every test not marked slow.
 test: $(STAMP)

@@ -84,3 +84,17 @@ def test_help_lists_every_subcommand(capsys):
             main([name, "--help"])
         assert exit_.value.code == 0
         assert "usage: pfgdf " + name in capsys.readouterr().out
+
+
+def test_demo_runs_the_pipeline_on_real_data(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--finetune-epochs", "1", "--input-size", "1x8x8",
+                 "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    acc = report["accuracy"]
+    assert set(acc) == {"unpruned", "pruned_before_recalibration", "pruned_after_recalibration",
+                        "pruned_after_finetuning"}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
+    assert abs(report["macs"]["after"] / report["macs"]["before"] - 0.5) <= 0.01
+    assert (tmp_path / "report.md").read_text().startswith("# pfgdf demo")
+    assert "val accuracy (digits)" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "report.md", "original.pt", "pruned.pt"}

@@ -47,3 +47,12 @@ def test_load_errors_are_specific(tmp_path):
         load_pruned(text)
     with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
         save_pruned({"a": 1}, tmp_path / "x.pt")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = save_pruned(torch.nn.Linear(2, 2), tmp_path / "m.pt")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..layers import NORM_TYPES, WEIGHTED_TYPES, is_depthwise
+from ..layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
 
 Role = Literal["out", "in", "norm"]
 """``out``: the channel is a filter (conv out-channel, linear out-feature) of this layer.
@@ -116,7 +116,8 @@ def channel_slices(group: tp.dependency.Group) -> list[ChannelSlice]:
     """Every member of ``group`` that owns per-channel weights, as :class:`ChannelSlice` objects.
 
     Members appear once each, in group order. Members whose root index is unknown (``None``, which
-    Torch-Pruning produces for some reshapes) are dropped, as Torch-Pruning's own criteria do.
+    Torch-Pruning produces for some reshapes) are dropped, as Torch-Pruning's own criteria do, and so are
+    members whose indices exceed their layer's channels (an inconsistent mapping through a split).
     """
     graph = group._DG
     slices: list[ChannelSlice] = []
@@ -129,6 +130,11 @@ def channel_slices(group: tp.dependency.Group) -> list[ChannelSlice]:
             continue
         root_idxs = item.root_idxs
         if root_idxs is None or any(r is None for r in root_idxs):
+            continue
+        # Torch-Pruning's index mapping through some splits hands a layer indices beyond its size (EdgeNeXt):
+        # such a member cannot be sliced consistently, so it does not score the group.
+        size = channel_count(layer, "in" if role == "in" else "out")
+        if size is not None and idxs and max(idxs) >= size:
             continue
         seen.add((id(layer), role))
         slices.append(ChannelSlice(module_name(graph, layer), layer, role, tuple(idxs), tuple(root_idxs)))

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo test test-slow lint bench docs docs-serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 ## The default test suite (what .ci/run calls): lint, then every test not marked slow.
 test: $(STAMP)
-	$(PY) -m ruff check pfgdf_plugin tests examples
+	$(PY) -m ruff check pfgdf_plugin tests examples docs/hooks docs/scripts
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -29,6 +29,14 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) examples/benchmarks/bench_pfgdf_overhead.py --output bench-out/pfgdf_overhead.json
+
+## The documentation site (docs/, mkdocs.yml): a strict build into site/ that fails on a broken link or a
+## missing reference (tests/test_docs.py runs the same build inside `make test`), or a live preview.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(PY) -m mkdocs serve
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .ruff_cache

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .. import __version__
 
 # Subcommand modules in this package, in the order `pfgdf --help` lists them.
-COMMANDS: tuple[str, ...] = ("prune", "inspect", "export", "bench")
+COMMANDS: tuple[str, ...] = ("demo", "prune", "inspect", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

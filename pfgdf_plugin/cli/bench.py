@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(stored by `pfgdf export`; the most a dense pruned model can gain) and efficiency = speed-up / MACs "
         "reduction. Table on stdout, progress on stderr.",
     )
-    p.add_argument("models", nargs="+", help=".onnx or .ort files (named by file stem in the table)")
+    p.add_argument("models", nargs="+",
+                   help=".onnx or .ort files; named in the table by file name without .onnx (model.ort stays)")
     p.add_argument("--baseline", default=None, help="the anchor model, e.g. original.onnx from pfgdf export")
     p.add_argument("--threads", type=int, action="append", default=None,
                    help="intra-op threads; repeat for several rounds (default: 1 and 4)")

@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from ..criteria import STATISTICS, PFGDFImportance
+from ..criteria import STATISTICS, CHIPImportance, PFGDFImportance
+from ..data import BUILTIN, calibration_loader
 from ..models import create_model, default_input_size
 from ..pipeline import load_pruned, prune, save_pruned
 from . import _common
@@ -16,11 +17,12 @@ from . import _common
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune",
-        help="prune a model with one PFGDF threshold (alpha) or to a MACs/params target",
-        description="Prune a timm model (random weights unless --checkpoint is given) with PFGDF: every "
-        "dependency group loses the channels whose Gaussian distribution feature z = |s - mu| / sigma is "
-        "below alpha. With --target-macs/--target-params, alpha is searched by bisection. Prints a "
-        "per-group table on stdout, progress on stderr.",
+        help="prune a model with one threshold (alpha) or to a MACs/params target (PFGDF or CHIP)",
+        description="Prune a timm model (random weights unless --checkpoint is given): every dependency group "
+        "loses the channels whose score is below one threshold alpha. --method pfgdf (default) scores a "
+        "filter by its Gaussian distribution feature z = |s - mu| / sigma; --method chip by its channel "
+        "independence on --calib-data images (normalised per layer). With --target-macs/--target-params, "
+        "alpha is searched by bisection. Prints a per-group table on stdout, progress on stderr.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="timm model name, e.g. resnet18 (created with pretrained=False)")
@@ -34,12 +36,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="example input as SIZE, HxW or CxHxW (default: the model's timm config, else 224)",
     )
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--alpha", type=_common.positive, help="prune channels with z < ALPHA in every group")
+    how.add_argument("--alpha", type=_common.positive, help="prune channels scoring below ALPHA in every group")
     how.add_argument("--target-macs", type=_common.fraction, help="fraction of MACs to keep, e.g. 0.5")
     how.add_argument("--target-params", type=_common.fraction, help="fraction of parameters to keep")
-    p.add_argument("--statistic", choices=STATISTICS, default="l1", help="per-filter statistic (default: l1)")
-    p.add_argument("--round-to", type=int, default=None, help="keep channel counts at multiples of N")
-    p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default: 1)")
+    p.add_argument("--method", choices=("pfgdf", "chip"), default="pfgdf", help="criterion (default: pfgdf)")
+    p.add_argument(
+        "--statistic", choices=STATISTICS, default="l1", help="PFGDF's per-filter statistic (default: l1)"
+    )
+    p.add_argument(
+        "--calib-data",
+        default=None,
+        help=f"CHIP's calibration images: a built-in set ({', '.join(BUILTIN)}), an ImageFolder directory or a "
+        ".pt file of images (required with --method chip)",
+    )
+    p.add_argument(
+        "--calib-batches", type=_common.positive_int, default=5, help="CHIP calibration batches (default: 5)"
+    )
+    p.add_argument(
+        "--calib-batch-size", type=_common.positive_int, default=32, help="CHIP calibration batch size (default: 32)"
+    )
+    p.add_argument("--round-to", type=_common.positive_int, default=None, help="keep channel counts at multiples of N")
+    p.add_argument(
+        "--min-channels", type=_common.positive_int, default=1, help="channels every group keeps (default: 1)"
+    )
     p.add_argument("--output", required=True, help="where to save the pruned model (.pt, written atomically)")
     p.add_argument("--report", default=None, help="also write the report as JSON to this path")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -47,6 +66,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.method == "chip" and not args.calib_data:
+        raise ValueError(
+            f"--method chip needs --calib-data: a built-in set ({', '.join(BUILTIN)}), an ImageFolder "
+            "directory or a .pt file of images"
+        )
+    if args.method != "chip" and args.calib_data:
+        raise ValueError("--calib-data is only used by --method chip")
     _common.distinct_outputs([args.checkpoint], [args.output, args.report])
     if args.checkpoint:
         model = load_pruned(args.checkpoint)
@@ -56,6 +82,17 @@ def run(args: argparse.Namespace) -> int:
     if args.in_chans and args.input_size is None:
         size = (args.in_chans, *size[1:])
     log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.method == "chip":
+        importance = CHIPImportance()
+        loader = calibration_loader(
+            args.calib_data, tuple(size), batch_size=args.calib_batch_size, num_batches=args.calib_batches
+        )
+        log(f"calibrating CHIP on {args.calib_data} ({args.calib_batches} x {args.calib_batch_size} images) ...")
+        with importance.calibrate(model):
+            for images, _ in loader:
+                model(images)
+    else:
+        importance = PFGDFImportance(statistic=args.statistic)
     log(f"pruning {args.model or args.checkpoint} on input {tuple(size)} ...")
     result = prune(
         model,
@@ -63,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         target_macs=args.target_macs,
         target_params=args.target_params,
-        importance=PFGDFImportance(statistic=args.statistic),
+        importance=importance,
         round_to=args.round_to,
         min_channels=args.min_channels,
         progress=not args.quiet,
@@ -75,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "num_classes": args.num_classes,
         "in_chans": args.in_chans,
         "input_size": list(size),
+        "method": args.method,
     } | {k: v for k, v in result.to_dict().items() if k in ("alpha", "target", "macs_kept", "params_kept")}
     save_pruned(result.model, args.output, metadata=metadata)
     if args.report:

@@ -15,12 +15,12 @@ one symmetric eigendecomposition per sample instead (the method, with its error 
    then at rounding level are exact zeros, and their share of each row of ``Q`` is ``w0_c = 1 - sum_k Q[c,k]^2``.
 2. All channels at once. With ``w = Q[c,:]^2``, ``R(t) = w0/t + sum_k w_k/(lam_k+t)`` and
    ``P(t) = sum_k w_k lam_k/(lam_k+t)^2``, deleting row ``c`` changes ``tr(G (G+t)^-1)`` by ``h(t) = P(t)/R(t)``,
-   and ``CI_c = (2/pi) * Integral_0^inf h(s^2) ds``. The integrand is positive (no cancellation). A closed-form
-   part ``phi`` with the same behaviour at both ends (``M1/(t+M1) * t/(t+beta)``, ``M1 = G_cc``,
-   ``beta = w0 / sum_k w_k/lam_k``) is integrated exactly; the rest decays like ``s^{+-3}`` and is integrated
-   by the trapezoidal rule in ``u = log s`` (step 1/4) from ``1e-4`` times the smallest scale to ``1e4`` times
-   the largest. The integrand is analytic in the strip ``|Im u| < pi/2``, which bounds the rule's error; the
-   per-channel bound (discretisation + both truncated tails) is returned on request and is ~1e-12 relative.
+   and ``CI_c = (2/pi) * Integral_0^inf h(s^2) ds``. The integrand is positive (no cancellation). A rational
+   ``phi(t) = M1 t / ((t+p)(t+q))`` with the same behaviour at both ends (``M1 = G_cc``, ``p q = M1 w0 / sum_k
+   w_k/lam_k``) is integrated in closed form; the rest decays like ``s^{+-3}`` and is integrated by the
+   trapezoidal rule in ``u = log s`` (step 0.3) from ``10^-3.5`` times the smallest singular value to ``10^3.5``
+   times the largest. The integrand is analytic in the strip ``|Im u| < pi/2``, which bounds the rule's error;
+   the per-channel bound (discretisation + both truncated tails) is returned on request, ~1e-10 relative.
 
 Example:
     >>> import torch
@@ -52,14 +52,14 @@ from .. import _validate as check
 from ..layers import NORM_TYPES, WEIGHTED_TYPES, is_depthwise
 from .channels import REDUCTIONS, ChannelSlice, Reduction, channel_slices, module_name, reduce_to_group
 
-Feature = Literal["input", "norm", "output"]
-FEATURES: tuple[str, ...] = ("input", "norm", "output")
-"""Which tensor carries a group's channels. ``input``: what the layers consuming the channels read (the
-post-activation map in conv-norm-act chains, the post-add map in residual stages). ``norm``: the output of the
-group's norm layers. ``output``: the raw output of the layers producing the channels."""
+Feature = Literal["output", "input", "norm"]
+FEATURES: tuple[str, ...] = ("output", "input", "norm")
+"""Which tensor carries a group's channels. ``output``: the raw output of the layers producing the channels.
+``input``: what the layers consuming the channels read (the post-activation map in conv-norm-act chains, the
+post-add map in residual stages). ``norm``: the output of the group's norm layers."""
 
-Normalization = Literal["rms", "none"]
-NORMALIZATIONS: tuple[str, ...] = ("rms", "none")
+Normalization = Literal["mean", "rms", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("mean", "rms", "none")
 
 _EPS = torch.finfo(torch.float64).eps
 # Eigenvalues of a float64 Gram matrix below this fraction of the largest carry absolute errors comparable to
@@ -67,9 +67,10 @@ _EPS = torch.finfo(torch.float64).eps
 _REFINE_BELOW = 1e-8
 # Singular values below (this * max(C, N) * eps) of the largest are rounding noise: exact zeros.
 _ZERO_FACTOR = 8.0
-# Trapezoidal step in u = log(s) and the margin of the grid beyond the spectrum on each side.
-_STEP = 0.25
-_MARGIN = math.log(1e4)
+# Trapezoidal step in u = log(s) and the margin of the grid beyond the spectrum on each side: together they
+# bound the quadrature error by about 5e-10 relative in the worst case (1e-13 to 1e-12 measured).
+_STEP = 0.3
+_MARGIN = math.log(10**3.5)
 # The smallest scale the grid reaches below the largest singular value (channels weaker than this have CI
 # below 1e-14 of the largest singular value, and their error bound says so).
 _FLOOR = 1e-14
@@ -90,9 +91,10 @@ def _trapezoid_constant(step: float) -> float:
 
 
 _KAPPA = _trapezoid_constant(_STEP)
-# Sum of h * e^{-3 j h} for j >= 1, times 2/pi: turns a tail bound K e^{-3|u|} at the last node into a bound on
-# the sum over all the nodes that were not taken.
+# Sum of h * e^{-k j h} for j >= 1, times 2/pi: turns a tail bound K e^{-k|u|} at the last node into a bound on
+# the sum over all the nodes that were not taken (k = 3, 5).
 _TAIL = (2 / math.pi) * _STEP * math.exp(-3 * _STEP) / -math.expm1(-3 * _STEP)
+_TAIL5 = (2 / math.pi) * _STEP * math.exp(-5 * _STEP) / -math.expm1(-5 * _STEP)
 
 
 def channel_independence(
@@ -126,14 +128,19 @@ def channel_independence(
     a = maps.unsqueeze(0) if single else maps
     if a.numel() == 0:
         raise ValueError(f"maps must not be empty, got shape {tuple(maps.shape)}")
-    if not torch.isfinite(a).all():
-        raise ValueError("maps contain NaN or Inf values")
-    parts = list(_chunks(a, chunk_bytes))
+    try:
+        parts = list(_chunks(a, chunk_bytes))
+    except _NonFinite:
+        raise ValueError("maps contain NaN or Inf values (or values whose squares overflow float64)") from None
     ci = torch.cat([p[0] for p in parts])
     bound = torch.cat([p[1] for p in parts])
     if single:
         ci, bound = ci[0], bound[0]
     return (ci, bound) if return_error_bound else ci
+
+
+class _NonFinite(Exception):
+    """A map holds NaN or Inf (detected from the rows' squared norms, which every entry reaches)."""
 
 
 def _chunks(a: torch.Tensor, chunk_bytes: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -157,32 +164,32 @@ def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     gram = a @ a.transpose(1, 2) if wide else a.transpose(1, 2) @ a
     # (float64 .square() is slow on some CPU builds; products are not)
     energy = gram.diagonal(dim1=1, dim2=2).clone() if wide else (a * a).sum(-1)
+    if not torch.isfinite(energy).all():  # a NaN or Inf anywhere in a row reaches that row's squared norm
+        raise _NonFinite
     lam, vec = torch.linalg.eigh(gram)  # ascending
     lam_max = lam[:, -1:].clamp(min=0.0)
     if not wide:
-        av = a @ vec  # column k = sigma_k u_k
+        vec = a @ vec  # column k = sigma_k u_k
     k = int((lam < _REFINE_BELOW * lam_max).sum(-1).max())
-    sigma = lam.clamp(min=0.0).sqrt()
+    sigma = lam.clamp_(min=0.0).sqrt_()
     if k:
         # Rayleigh-Ritz on A itself for the k smallest: singular values to eps * sigma_max, not sqrt(eps).
-        block = (a.transpose(1, 2) @ vec[:, :, :k]) if wide else av[:, :, :k]
+        block = (a.transpose(1, 2) @ vec[:, :, :k]) if wide else vec[:, :, :k]
         u_b, s_b, vh_b = torch.linalg.svd(block, full_matrices=False)
-        sigma = torch.cat([s_b, sigma[:, k:]], dim=1)
-        if wide:
-            vec = torch.cat([vec[:, :, :k] @ vh_b.transpose(1, 2), vec[:, :, k:]], dim=2)
+        sigma[:, :k] = s_b
+        vec[:, :, :k] = (vec[:, :, :k] @ vh_b.transpose(1, 2)) if wide else u_b * s_b.unsqueeze(1)
     zero = sigma <= _ZERO_FACTOR * max(c, n) * _EPS * sigma.amax(-1, keepdim=True)
-    lam = torch.where(zero, 0.0, sigma * sigma)
-    if wide:
-        w = vec * vec
-        w0 = (w * zero.unsqueeze(1)).sum(-1)
+    lam = sigma.mul_(sigma).masked_fill_(zero, 0.0)
+    # Wide: w = Q^2. Tall: Q[:, k] = A v_k / sigma_k, so w = (A v_k)^2 / lam_k (the refined block is stored
+    # as u * sigma to share the formula).
+    w = vec.mul_(vec) if wide else vec.mul_(vec).div_(lam.masked_fill(zero, 1.0).unsqueeze(1))
+    if bool(zero.any()):
+        w0 = (w @ zero.to(w.dtype).unsqueeze(-1)).squeeze(-1) if wide else None
+        w.masked_fill_(zero.unsqueeze(1), 0.0)
     else:
-        w = av * av / lam.masked_fill(zero, 1.0).unsqueeze(1)
-        if k:
-            w = torch.cat([u_b * u_b, w[:, :, k:]], dim=2)
-        w0 = None
-    w = w.masked_fill(zero.unsqueeze(1), 0.0)
-    if w0 is None:
-        w0 = (1.0 - w.sum(-1)).clamp(0.0, 1.0)
+        w0 = torch.zeros_like(energy) if wide else None
+    if w0 is None:  # the zero eigenvalue's share is what the nonzero ones leave
+        w0 = (1.0 - w.sum(-1)).clamp_(0.0, 1.0)
     return lam, w, w0, energy
 
 
@@ -195,40 +202,48 @@ def _ci_chunk(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     m1 = (w @ lam.unsqueeze(-1)).squeeze(-1)  # sum_k w_k lam_k    (= G_cc in the model)
     live = (m > 0) & (energy > 0)
     beta = torch.where(live, w0 / m.masked_fill(~live, 1.0), 0.0)
-    closed = torch.where(live, m1 / (m1.sqrt() + beta.sqrt()), 0.0)
+    # phi(t) = M1 t / ((t + p)(t + q)) with p q = M1 beta, p + q = a: phi ~ t/beta as t -> 0 (w0 > 0) or
+    # phi -> 1 (w0 = 0), and phi = M1/t - a M1/t^2 + ... as t -> oo. With a = M1 + beta the roots are M1 and
+    # beta; when beta > 4 M1 (rows almost wholly on the zero eigenvalue) a = M1 + 2 sqrt(M1 beta) <= 3 lam_max
+    # keeps the second-order term on the scale of the spectrum. Integral: (2/pi) int phi(s^2) ds = M1/(rp + rq).
+    root = (m1 * beta).sqrt()
+    wide_beta = beta > 4 * m1
+    a_sum = m1 + torch.where(wide_beta, 2 * root, beta)
+    closed = torch.where(live, m1 / (a_sum + 2 * root).sqrt(), 0.0)
 
     lam_max = lam.amax(-1)
     lam_min = torch.where(nonzero, lam, torch.inf).amin(-1)
     s_max = lam_max.sqrt()
-    s_min = torch.minimum(lam_min.sqrt(), torch.where(live, m1, torch.inf).amin(-1).sqrt())
-    s_min = torch.maximum(s_min, _FLOOR * s_max)
-    # phi matches h beyond t = max(lam_max, beta); beta > lam_max only for rows almost wholly on the zero
-    # eigenvalue (w0 -> 1), whose CI is below sqrt(1 - w0) sigma_max.
-    s_top = torch.maximum(s_max, torch.where(live, beta, 0.0).amax(-1).clamp(max=lam_max / _FLOOR**2).sqrt())
+    s_min = torch.maximum(lam_min.sqrt(), _FLOOR * s_max)
     empty = ~(s_max > 0)
-    s_top, s_min = s_top.masked_fill(empty, 1.0), s_min.masked_fill(empty, 1.0)
+    s_max, s_min = s_max.masked_fill(empty, 1.0), s_min.masked_fill(empty, 1.0)
     u_lo = s_min.log() - _MARGIN
-    nodes = int(torch.ceil(((s_top.log() + _MARGIN) - u_lo).max() / _STEP)) + 1
+    nodes = int(torch.ceil(((s_max.log() + _MARGIN) - u_lo).max() / _STEP)) + 1
     u = u_lo.unsqueeze(-1) + _STEP * torch.arange(nodes, dtype=a.dtype, device=a.device)  # [b, J]
     t = (2 * u).exp().unsqueeze(1)  # [b, 1, J]
-    d1 = 1.0 / (lam.unsqueeze(-1) + t)  # [b, r, J]
+    d1 = (lam.unsqueeze(-1) + t).reciprocal_()  # [b, r, J]
+    d1t = d1 * t
+    d2 = d1.mul_(d1).mul_(lam.unsqueeze(-1))  # lam / (lam + t)^2, in d1's storage
     # h(t) = t P / (w0 + t R) and the weight e^u of the log variable give e^{3u} P / (w0 + t R).
-    den = torch.baddbmm(w0.unsqueeze(-1), w, d1 * t)
-    q = torch.bmm(w, lam.unsqueeze(-1) * d1 * d1).div_(den)
-    m1_, beta_ = m1.unsqueeze(-1), beta.unsqueeze(-1)
-    q.sub_(m1_ / (t * t + m1_ * beta_).addcmul_(t, m1_ + beta_))  # minus phi(t) / t
+    q = torch.bmm(w, d2).div_(torch.baddbmm(w0.unsqueeze(-1), w, d1t))
+    del d1, d1t, d2
+    phi = (t * t + (m1 * beta).unsqueeze(-1)).addcmul_(t, a_sum.unsqueeze(-1))  # (t + p)(t + q)
+    q.sub_(phi.reciprocal_().mul_(m1.unsqueeze(-1)))  # minus phi(t) / t
     ci = closed + (2 / math.pi) * _STEP * torch.bmm(q, (3 * u).exp().unsqueeze(-1)).squeeze(-1)
     ci = torch.where(live, ci, 0.0).clamp(min=0.0)
 
-    # Tails: |g| <= M1 (3 lam_max + M1 + 2 beta) / t^2 for t >= lam_max, |g| <= t (2/lam_min + 1/M1) for
-    # t <= lam_min; in u that is K e^{-3u} and K e^{3u}, summed over the nodes beyond each end.
-    k_hi = m1 * (3 * lam_max.unsqueeze(-1) + m1 + 2 * beta)
-    k_lo = 2 / lam_min.unsqueeze(-1) + 1 / m1.masked_fill(~live, 1.0)
-    bound = (
-        _KAPPA * (ci + closed)
-        + _TAIL * k_hi * (-3 * u[:, -1:]).exp()
-        + _TAIL * k_lo * (3 * u[:, :1]).exp()
-    )
+    # Tails (docs/chip.md): |g| <= M1 (4 lam_max + a) / t^2 for t >= lam_max. For t <= lam_min,
+    # |g| <= t (2/lam_min + 1/M1) when a = M1 + beta, and |g| <= t^2 (2/(lam_min beta) + (lam_min +
+    # 2 sqrt(M1 beta)) / (M1 beta^2)) in the wide case. In u these are K e^{-3u}, K e^{3u} and K e^{5u},
+    # summed over the nodes beyond each end of the grid.
+    lo_t = lam_min.unsqueeze(-1)
+    k_hi = m1 * (4 * lam_max.unsqueeze(-1) + a_sum)
+    m1_safe, beta_safe = m1.masked_fill(~live, 1.0), beta.masked_fill(~(live & wide_beta), 1.0)
+    k_lo = 2 / lo_t + 1 / m1_safe
+    k_lo2 = 2 / (lo_t * beta_safe) + (lo_t + 2 * root) / (m1_safe * beta_safe * beta_safe)
+    u0 = u[:, :1]
+    left = torch.where(wide_beta, _TAIL5 * k_lo2 * (5 * u0).exp(), _TAIL * k_lo * (3 * u0).exp())
+    bound = _KAPPA * (ci + closed) + _TAIL * k_hi * (-3 * u[:, -1:]).exp() + left
     return ci, torch.where(live, bound, 0.0), energy
 
 
@@ -355,6 +370,18 @@ class _Session:
         if module is layer and args:
             self._record(name, layer, args[0], "input")
 
+    def check_input(self, name: str, layer: nn.Module, module: nn.Module, args: tuple) -> None:
+        """Name the layer when a batch does not fit it, before the layer's own error."""
+        if module is layer and args and isinstance(args[0], torch.Tensor) and args[0].ndim >= 2:
+            x = args[0]
+            want = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            got = x.shape[-1] if isinstance(layer, nn.Linear) else x.shape[1]
+            if got != want:
+                raise ValueError(
+                    f"layer {name!r} expects {want} channels at its input, got a tensor of shape "
+                    f"{tuple(x.shape)}; check the calibration images' channels and size"
+                )
+
     def on_output(self, name: str, layer: nn.Module, module: nn.Module, args: tuple, output: Any) -> None:
         if module is layer:
             self._record(name, layer, output[0] if isinstance(output, (tuple, list)) else output, "output")
@@ -381,16 +408,17 @@ class _Session:
                 self._stage(name, self.staging[hit[1]])
                 return
             self.seen[id(x)] = (weakref.ref(x), name)
-        if not torch.isfinite(x).all():
+        maps = _as_maps(x.detach(), layer, self.feature)
+        ci = energy = bound = None
+        try:
+            for part_ci, part_bound, part_energy in _chunks(maps, self.chunk_bytes):
+                sums = (part_ci.sum(0), part_energy.sum(0), part_bound.sum(0))
+                ci, energy, bound = sums if ci is None else (ci + sums[0], energy + sums[1], bound + sums[2])
+        except _NonFinite:
             raise ValueError(
                 f"NaN or Inf in the {where} of layer {name!r} in calibration batch {self.batches + 1}; "
                 "check the images and the weights of the layers before it"
-            )
-        maps = _as_maps(x.detach(), layer, self.feature)
-        ci = energy = bound = None
-        for part_ci, part_bound, part_energy in _chunks(maps, self.chunk_bytes):
-            sums = (part_ci.sum(0), part_energy.sum(0), part_bound.sum(0))
-            ci, energy, bound = sums if ci is None else (ci + sums[0], energy + sums[1], bound + sums[2])
+            ) from None
         self._stage(name, [ci.cpu(), energy.cpu(), bound.cpu(), maps.shape[0], maps.shape[2]])
 
     def _stage(self, name: str, sums: list) -> None:
@@ -408,25 +436,28 @@ class CHIPImportance(tp.importance.Importance):
     ``CI_c`` over the calibration samples (low = nearly a combination of the other channels = pruned first),
     divided by its layer's scale, and averaged over the group's coupled layers.
 
-    Which tensor carries a group's channels (``feature``):
+    Which tensor carries a group's channels (``feature``; the default was chosen by accuracy after pruning trained
+    networks, see ``docs/chip.md``):
 
-    * ``"input"`` (default): what the layers *consuming* the channels read: every conv/linear whose input
-      channels are in the group, and depthwise convs. In conv-norm-activation chains that is the post-activation
-      map (what the reference hooks); in a residual stage it is the post-add (post-activation) map each block
-      reads. Consumers that read a pooled vector (one position: squeeze-excitation, the classifier) are used only
-      when the group has no consumer with a spatial map; layers reading the very same tensor count once.
+    * ``"output"`` (default): the raw outputs of the layers producing the channels: convs, linears, depthwise
+      convs; in a residual stage, every conv whose output is added into the stream.
+    * ``"input"``: what the layers *consuming* the channels read: every conv/linear whose input channels are in
+      the group, and depthwise convs. In conv-norm-activation chains that is the post-activation map (what the
+      reference hooks); in a residual stage it is the post-add map each block reads. Consumers that read a pooled
+      vector (one position: squeeze-excitation, the classifier) are used only when the group has no consumer
+      with a spatial map; layers reading the very same tensor count once.
     * ``"norm"``: the outputs of the group's affine norm layers (an error for a group without one).
-    * ``"output"``: the raw outputs of the layers producing the channels (convs, linears, depthwise convs).
 
-    Scores: per hooked tensor, the mean CI divided (``normalization="rms"``) by the root mean square of its
-    channels' row norms, ``sqrt(mean ||a_c||^2)``; an orthogonal channel of average energy scores 1 and a layer of
-    copies scores about ``1 / (2 sqrt(C))``, in every layer alike, so one global threshold (``prune(...,
-    target_macs=...)``) compares layers. ``normalization="none"`` returns the raw mean CI, which depends on each
-    layer's activation scale. Raw CI stays available from :meth:`layer_ci`.
+    Scores: per hooked tensor, the mean CI over samples divided by the mean over the tensor's channels
+    (``normalization="mean"``), so every layer's scores average 1 and one global threshold (``prune(...,
+    target_macs=...)``) compares channels with their own layer; the order within a layer is the raw CI's.
+    ``"rms"`` divides by the root mean square of the channels' row norms instead (an orthogonal channel of average
+    energy scores 1, a layer of copies ``1 / (2 sqrt(C))``), which empties layers whose maps have fewer positions
+    than channels; ``"none"`` keeps the raw mean CI. Raw CI stays available from :meth:`layer_ci`.
 
     Args:
-        feature: ``"input"``, ``"norm"`` or ``"output"`` (see above).
-        normalization: ``"rms"`` or ``"none"``.
+        feature: ``"output"``, ``"input"`` or ``"norm"`` (see above).
+        normalization: ``"mean"``, ``"rms"`` or ``"none"``.
         group_reduction: how coupled layers' scores combine per channel: ``"mean"``, ``"max"``, ``"min"`` or
             ``"first"``.
         chunk_bytes: float64 working-set size per CI computation (samples of a batch are processed in chunks).
@@ -450,8 +481,8 @@ class CHIPImportance(tp.importance.Importance):
 
     def __init__(
         self,
-        feature: Feature = "input",
-        normalization: Normalization = "rms",
+        feature: Feature = "output",
+        normalization: Normalization = "mean",
         group_reduction: Reduction = "mean",
         chunk_bytes: int = 1 << 26,
     ) -> None:
@@ -501,7 +532,7 @@ class CHIPImportance(tp.importance.Importance):
             >>> imp = CHIPImportance()
             >>> with imp.calibrate(net):
             ...     _ = net(torch.randn(5, 3, 16, 16))
-            >>> tuple(imp.layer_ci("2").shape), imp.stats["2"].samples
+            >>> tuple(imp.layer_ci("0").shape), imp.stats["0"].samples   # conv "0": 8 output channels, 5 maps
             ((8,), 5)
         """
         if not isinstance(model, nn.Module):
@@ -527,6 +558,10 @@ class CHIPImportance(tp.importance.Importance):
                 else:
                     hook = module.register_forward_hook(_bind(session.on_output, name, module))
                 handles.append(hook)
+            if self.feature != "input":
+                for name, module in model.named_modules():
+                    if isinstance(module, WEIGHTED_TYPES):
+                        handles.append(module.register_forward_pre_hook(_bind(session.check_input, name, module)))
             self._session = session
             with torch.no_grad(), check.eval_mode(model):
                 yield self
@@ -558,8 +593,8 @@ class CHIPImportance(tp.importance.Importance):
         ci = st.mean_ci()
         if self.normalization == "none":
             return ci
-        rms = st.rms()
-        return ci / rms if rms > 0 else torch.zeros_like(ci)
+        scale = st.rms() if self.normalization == "rms" else float(ci.mean())
+        return ci / scale if scale > 0 else torch.zeros_like(ci)
 
     def _layer(self, name: str) -> LayerStats:
         if self._stats is None:

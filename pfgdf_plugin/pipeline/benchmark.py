@@ -10,13 +10,14 @@ divided by the variant's, at the same thread count; the MACs reduction (baseline
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Variant:
     params: int | None
     size_bytes: int | None
     kind: str | None = None  # "original", "pruned", "int8" when the export recorded it
+    ort_target_platform: str | None = None  # for .ort files made by export_ort
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class Variant:
             "params": self.params,
             "size_bytes": self.size_bytes,
             "kind": self.kind,
+            "ort_target_platform": self.ort_target_platform,
         }
 
 
@@ -297,7 +300,8 @@ def benchmark_latency(
     """Time ONNX / ORT models (and optionally PyTorch modules) on ONNX Runtime's CPU execution provider.
 
     Args:
-        models: ``.onnx`` / ``.ort`` files, named by their file stem, or a mapping ``name -> path``.
+        models: ``.onnx`` / ``.ort`` files, or a mapping ``name -> path``. A file is named by its name without
+            ``.onnx`` (``model.int8.onnx`` -> ``model.int8``); ``.ort`` files keep their suffix (``model.ort``).
         baseline: the anchor (e.g. ``original.onnx`` from ``pfgdf export``); speed-ups are relative to it.
         threads: intra-op thread counts, one round each (1 = one edge core).
         runs: timed runs per variant and thread count (the protocol asks for >= 50).
@@ -330,6 +334,7 @@ def benchmark_latency(
         True
     """
     start = time.perf_counter()
+    env = environment()  # before the run: the load average it reports is the one the run started under
     files = _named_files(models, baseline)
     thread_counts = _threads(threads)
     runs = check.integer("runs", runs, 1)
@@ -352,8 +357,9 @@ def benchmark_latency(
         shape = size
     x = np.random.default_rng(seed).standard_normal((1, *shape)).astype(np.float32)
     x_torch = torch.from_numpy(x)
-    for name, module in torch_models.items():
-        variants.append(_torch_variant(name, module, x_torch))
+    # The PyTorch anchor first, as the ONNX one: tables read top-down from the reference.
+    for name in sorted(torch_models, key=lambda n: n != torch_baseline):
+        variants.append(_torch_variant(name, torch_models[name], x_torch))
     baseline_name = next((n for n, (_, is_base) in files.items() if is_base), None)
     notes = []
     if runs < PROTOCOL_RUNS:
@@ -364,6 +370,12 @@ def benchmark_latency(
         if v.macs is None:
             notes.append(f"{v.name}: no pfgdf.macs metadata (not exported by pfgdf), so no MACs reduction "
                          "or efficiency")
+    here = "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "amd64"
+    for v in variants:
+        target = v.ort_target_platform
+        if target and target != here:
+            notes.append(f"{v.name} was converted for {target}: its fixed graph optimizations target that "
+                         f"platform, not this {here} machine, so time it on the target device")
     if any(v.kind == "int8" for v in variants):
         notes.append("int8 variants keep the float model's MACs; their efficiency can exceed 1 because int8 "
                      "kernels do more multiply-adds per cycle")
@@ -384,6 +396,16 @@ def benchmark_latency(
         bar.close()
 
     _compare(measurements, variants, baseline_name, torch_baseline)
+    kinds = {v.name: v.kind for v in variants if v.runtime == "onnxruntime"}
+    foreign = {v.name for v in variants if v.ort_target_platform and v.ort_target_platform != here}
+    low = sorted({m.variant for m in measurements if m.runtime == "onnxruntime" and m.threads == 1
+                  and kinds.get(m.variant) != "int8" and m.variant not in foreign
+                  and m.efficiency is not None and m.efficiency < 0.9})
+    if low:
+        notes.append(
+            f"efficiency below 0.9 at 1 thread for {', '.join(low)}: channel counts off ONNX Runtime's conv block "
+            f"are a common cause; on this CPU prune with round_to={recommended_round_to()} (docs/deployment.md)"
+        )
     return BenchmarkResult(
         variants=variants,
         measurements=measurements,
@@ -394,39 +416,50 @@ def benchmark_latency(
         warmup=warmup,
         runs=runs,
         spinning=spinning,
-        environment=environment(),
+        environment=env,
         seconds=time.perf_counter() - start,
         notes=notes,
     )
 
 
-def _round(variants, files, torch_models, x, x_torch, threads, runs, warmup, spinning, bar) -> list[Measurement]:
+def _round(
+    variants: list[Variant],
+    files: dict[str, tuple[Path, bool]],
+    torch_models: dict[str, nn.Module],
+    x: np.ndarray,
+    x_torch: torch.Tensor,
+    threads: int,
+    runs: int,
+    warmup: int,
+    spinning: bool,
+    bar: tqdm,
+) -> list[Measurement]:
     """One thread count: build every session, warm each up, then time them in rotating order."""
     torch.set_num_threads(threads)
-    calls = {}
+    calls: dict[tuple[str, str], Callable[[], object]] = {}
     for v in variants:
         if v.runtime == "onnxruntime":
             session = _session(files[v.name][0], threads, spinning)
             feed = {session.get_inputs()[0].name: x}
-            calls[v.name, v.runtime] = (lambda s=session, f=feed: s.run(None, f))
+            calls[v.name, v.runtime] = lambda s=session, f=feed: s.run(None, f)
         else:
             module = torch_models[v.name]
 
-            def call(m=module) -> None:
+            def call(m: nn.Module = module) -> None:
                 with torch.inference_mode():
                     m(x_torch)
 
             calls[v.name, v.runtime] = call
     keys = list(calls)
-    states = {k[0]: torch_models[k[0]].training for k in keys if k[1] == "pytorch"}
-    for name in states:
-        torch_models[name].eval()
-    try:
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    with contextlib.ExitStack() as stack:
+        for k in keys:
+            if k[1] == "pytorch":
+                stack.enter_context(check.eval_mode(torch_models[k[0]]))
         for k in keys:
             for _ in range(warmup):
                 calls[k]()
                 bar.update()
-        samples: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
         for r in range(runs):
             shift = r % len(keys)
             for k in keys[shift:] + keys[:shift]:
@@ -434,9 +467,6 @@ def _round(variants, files, torch_models, x, x_torch, threads, runs, warmup, spi
                 calls[k]()
                 samples[k].append((time.perf_counter_ns() - t0) / 1e6)
                 bar.update()
-    finally:
-        for name, flag in states.items():
-            torch_models[name].train(flag)
     macs = {(v.name, v.runtime): v.macs for v in variants}
     out = []
     for k in keys:
@@ -481,11 +511,13 @@ def _named_files(models: object, baseline: object) -> dict[str, tuple[Path, bool
     for i, (name, p) in enumerate(pairs):
         is_base = baseline is not None and i == 0
         path = _input_file("baseline" if is_base else "models", p, (".onnx", ".ort"))
-        key = name or path.stem
+        # model.onnx -> "model", model.ort -> "model.ort": the ORT file of a model stays apart from its source.
+        key = name or (path.stem if path.suffix.lower() == ".onnx" else path.name)
         if key in files:
             if files[key][0].resolve() == path.resolve():
                 raise ValueError(f"{str(path)!r} is given twice (as the baseline and as a model?)")
-            raise ValueError(f"two models are named {key!r}; pass a mapping name -> path to tell them apart")
+            raise ValueError(f"two models are named {key!r} ({str(files[key][0])!r} and {str(path)!r}); rename "
+                             "one, or pass a mapping name -> path")
         files[key] = (path, is_base)
     return files
 
@@ -522,6 +554,7 @@ def _load_variants(files: dict[str, tuple[Path, bool]], size: tuple[int, ...] | 
             name=name, runtime="onnxruntime", path=path,
             macs=float(macs) if macs else None, params=int(float(params)) if params else None,
             size_bytes=path.stat().st_size, kind=meta.get(f"{META_PREFIX}variant"),
+            ort_target_platform=meta.get(f"{META_PREFIX}ort_target_platform") if path.suffix == ".ort" else None,
         ))
     return variants, shape
 
@@ -586,6 +619,28 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def recommended_round_to() -> int:
+    """A ``round_to`` for :func:`~pfgdf_plugin.pipeline.prune.prune` that keeps convs on ONNX Runtime's fast path here.
+
+    On x86, ONNX Runtime runs convs in its blocked NCHWc layout: 16-channel blocks with AVX-512F, 8 without.
+    A conv whose input channels are not a multiple of 4 leaves that path (plus layout reorders around it); other
+    counts are padded up to the block, which wastes the padded MACs (docs/deployment.md has the measurements).
+    Elsewhere (ARM) 8 is returned as a safe multiple of NEON's 4-wide vectors; that case is not measured.
+
+    Example:
+        >>> recommended_round_to() in (8, 16)
+        True
+    """
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        try:
+            with open("/proc/cpuinfo") as fh:
+                flags = next((line for line in fh if line.startswith("flags")), "")
+        except OSError:
+            flags = ""
+        return 16 if " avx512f" in flags else 8
+    return 8
 
 
 def environment() -> dict[str, Any]:

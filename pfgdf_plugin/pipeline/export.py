@@ -39,13 +39,13 @@ MIN_OPSET = 13
 PARITY_TOLERANCE = 1e-4
 # Share of calibration images whose INT8 top-1 class equals the float model's: the regression guard of the tests.
 # Measured on random-weight resnet18 (64x64) and CifarVGG (32x32), original and 50%-MACs pruned, BatchNorm
-# recalibrated, MinMax per-channel QDQ, 160 "digits" images: 0.92 to 0.96 (0.82 to 0.98 over other settings,
-# docs/deployment.md). Random networks have tiny logit margins, so this is a floor, not a promise; it is a proxy
-# for quantization damage, never an accuracy.
+# recalibrated, MinMax per-channel QDQ: 0.82 to 0.98 over "digits" / "mnist" calibration images, 0.97 in the
+# test's own setting (docs/deployment.md). Random networks have small logit margins, so this is a floor, not a
+# promise, and a proxy for quantization damage, never an accuracy.
 INT8_AGREEMENT_THRESHOLD = 0.80
 EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
 TARGET_PLATFORMS: tuple[str, ...] = ("arm", "amd64")
-ACTIVATION_TYPES: tuple[str, ...] = ("int8", "uint8")
+ACTIVATION_TYPES: tuple[str, ...] = ("uint8", "int8")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy")
 # Keys this package stores in an ONNX model's metadata_props (readable back through ONNX Runtime).
 META_PREFIX = "pfgdf."
@@ -292,20 +292,20 @@ def export_onnx(
     inputs = torch.randn(parity_samples, *size, generator=generator)
     with check.eval_mode(model), torch.no_grad():
         try:
-            reference = _as_arrays(model(inputs))
-        except ValueError:
-            raise
+            raw = model(inputs)
         except Exception as err:  # the model's own message says what did not fit
             raise ValueError(
                 f"input_size {tuple(size)}: the model cannot run on an input of shape "
                 f"{(parity_samples, *size)}: {err}"
             ) from err
+        reference = _as_arrays(raw)
         macs, params = tp.utils.count_ops_and_params(model, inputs[:1])
         proto = _export_proto(model, inputs[:2] if dynamic_batch and parity_samples > 1 else inputs[:1],
                               opset, dynamic_batch, exporter)
 
-    props = {"macs": float(macs), "params": int(params), "input_size": "x".join(map(str, size)),
-             "opset": opset, "exporter": exporter, **(metadata or {})}
+    # Measured values win over same-named user metadata: the benchmark relies on them.
+    props = {**(metadata or {}), "macs": float(macs), "params": int(params),
+             "input_size": "x".join(map(str, size)), "opset": opset, "exporter": exporter}
     _set_metadata(proto, props)
     _check_onnx(proto)
     data = proto.SerializeToString()
@@ -316,7 +316,14 @@ def export_onnx(
         outputs = _concat([_run(session, inputs[i : i + 1].numpy()) for i in range(parity_samples)])
     parity = _parity("pytorch", reference, outputs, tolerance, parity_samples)
     if not parity.passed:
-        raise ParityError(f"{target}: not written: {parity}")
+        own = _float32_sensitivity(model, inputs, reference)
+        raise ParityError(
+            f"{target}: not written: {parity}. For scale, PyTorch's own float32 result differs from float64 by "
+            f"{own:.3g} (relative) on the same inputs: "
+            + ("a value close to the ONNX error means the model amplifies rounding (ill-conditioned); raise "
+               "tolerance if that is acceptable." if own * 10 >= parity.relative_error else
+               "far below the ONNX error, so the exported graph computes something different.")
+        )
     _io.write_with(target, lambda fh: fh.write(data))
     return OnnxExport(
         path=target,
@@ -329,6 +336,17 @@ def export_onnx(
         macs=float(macs),
         params=int(params),
     )
+
+
+def _float32_sensitivity(model: nn.Module, inputs: torch.Tensor, reference: list[np.ndarray]) -> float:
+    """Relative gap between PyTorch's float32 outputs and a float64 copy of the model: its rounding sensitivity."""
+    import copy
+
+    double = copy.deepcopy(model).double()
+    with check.eval_mode(double), torch.no_grad():
+        exact = _as_arrays(double(inputs.double()))
+    err = max(float(np.abs(e - r).max()) for e, r in zip(exact, reference, strict=True))
+    return err / max(max(float(np.abs(e).max()) for e in exact), 1e-30)
 
 
 def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, dynamic_batch: bool, exporter: str):
@@ -414,8 +432,14 @@ def export_ort(
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory(prefix="pfgdf-ort-") as tmp, _quiet_tools(verbose):
+        # The .ort file cannot be edited afterwards, so its target platform is stamped into the source first
+        # (a staged copy: the user's ONNX file stays as it is); the benchmark reads it back.
+        (Path(tmp) / "src").mkdir()
+        stamped = Path(tmp) / "src" / source.name
+        _set_metadata(proto, {"ort_target_platform": target_platform})
+        stamped.write_bytes(proto.SerializeToString())
         convert_onnx_models_to_ort(
-            source,
+            stamped,
             output_dir=Path(tmp),
             optimization_styles=[OptimizationStyle.Fixed],
             target_platform=target_platform,
@@ -423,7 +447,9 @@ def export_ort(
         )
         staged_ort = Path(tmp) / ort_path.name
         staged_config = Path(tmp) / config_path.name
-        ort_bytes, config_bytes = staged_ort.read_bytes(), staged_config.read_bytes()
+        ort_bytes = staged_ort.read_bytes()
+        # The converter's header names the staged file; name the one the user gets.
+        config_bytes = staged_config.read_text().replace(str(staged_ort), str(ort_path)).encode()
         inputs = np.random.default_rng(seed).standard_normal((parity_samples, *shape)).astype(np.float32)
         ort_session = _session(str(staged_ort))
         got = _concat([_run(ort_session, inputs[i : i + 1]) for i in range(parity_samples)])
@@ -438,7 +464,12 @@ def export_ort(
         parity = _parity(ref_name, expected, got, tolerance, parity_samples)
         if not parity.passed:
             raise ParityError(f"{ort_path}: not written: {parity}")
-    usability, log = _mobile_usability(source) if check_usability else ([], "")
+    usability, log = [], ""
+    if check_usability:
+        try:
+            usability, log = _mobile_usability(source)
+        except Exception as err:  # an advisory report; its failure must not block a verified export
+            log = f"mobile usability check failed: {err}"
     _io.write_with(ort_path, lambda fh: fh.write(ort_bytes))
     _io.write_with(config_path, lambda fh: fh.write(config_bytes))
     return OrtExport(
@@ -532,7 +563,7 @@ def quantize_int8(
     batch_size: int = 32,
     num_batches: int = 5,
     per_channel: bool = True,
-    activation_type: str = "int8",
+    activation_type: str = "uint8",
     calibrate_method: str = "minmax",
     calibration_label: str | None = None,
     preprocess: bool = True,
@@ -545,8 +576,11 @@ def quantize_int8(
     an ImageFolder directory, a ``.pt`` file) or an image tensor ``[N, C, H, W]`` (already standardised;
     ``calibration_label`` then names it in the report); ``batch_size * num_batches`` images are used, resized
     to the model's input. Activation ranges come from ``calibrate_method`` (``"minmax"``, ``"percentile"``,
-    ``"entropy"``); activations are ``"int8"`` (what ARM kernels prefer) or ``"uint8"``, weights int8. The
-    model is first pre-processed (shape inference and optimization, ``quant_pre_process``) when ``preprocess``.
+    ``"entropy"``); weights are int8, activations ``"uint8"`` (default) or ``"int8"``. ONNX Runtime fuses
+    uint8-activation QDQ groups into integer kernels on every CPU; int8 activations only where
+    ``session.qdqisint8allowed`` is on (its ARM default, and ORT files converted for ``arm``), and on x86 they measured
+    2.7x slower than uint8 on resnet18 (docs/deployment.md). The model is first pre-processed (shape inference and
+    optimization, ``quant_pre_process``) when ``preprocess``.
 
     Reports the top-1 agreement of the INT8 and float models on the calibration images (a proxy for
     quantization damage, not an accuracy) and the file sizes. ``pfgdf.*`` metadata is carried over.

@@ -98,3 +98,14 @@ def test_demo_runs_the_pipeline_on_real_data(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text().startswith("# pfgdf demo")
     assert "val accuracy (digits)" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "report.md", "original.pt", "pruned.pt"}
+
+
+def test_round_to_auto_uses_the_recommended_multiple(tmp_path, capsys):
+    from pfgdf_plugin.pipeline.benchmark import recommended_round_to
+
+    report = tmp_path / "r.json"
+    assert main(["prune", "--model", "resnet18", "--input-size", "32", "--alpha", "1", "--round-to", "auto",
+                 "--output", str(tmp_path / "p.pt"), "--report", str(report), "--quiet"]) == 0
+    multiple = recommended_round_to()
+    for g in json.loads(report.read_text())["groups"]:
+        assert g["channels_after"] % multiple == 0 or g["channels_after"] == g["channels_before"]

@@ -21,10 +21,48 @@ import timm.scheduler
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import _io
 from .. import _validate as check
+
+
+def _dist() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside ``torch.distributed``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    """Sum ``values`` over all ranks (a no-op in a single process)."""
+    if _dist()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """A shuffled training loader whose *global* batches are the same however many processes share them.
+
+    Under ``torchrun`` each of the ``W`` processes gets ``batch_size / W`` samples of every global batch
+    (a ``DistributedSampler``); alone, it gets all of them. :func:`finetune` sets the sampler's epoch, so the
+    order of epoch ``e`` depends on ``(seed, e)`` only. With a dataset size not divisible by ``W`` the
+    sampler repeats a few samples to even out the shards.
+
+    Example:
+        >>> ds = torch.utils.data.TensorDataset(torch.randn(10, 3), torch.arange(10))
+        >>> [len(b[1]) for b in train_loader(ds, 4)]
+        [4, 4, 2]
+    """
+    rank, world = _dist()
+    check.integer("batch_size", batch_size, 1)
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the {world} processes")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size // world, sampler=sampler, num_workers=num_workers)
 
 
 def _batches(loader: Iterable, limit: int | None) -> Iterable:
@@ -96,6 +134,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_batches: int | None = None)
             total += len(labels)
     finally:
         model.train(was_training)
+    # Under torchrun: ranks evaluating shards sum to the whole; ranks evaluating everything keep the ratio.
+    correct, total = _all_sum([correct, total])
     if total == 0:
         raise ValueError("evaluation loader yielded no batch")
     return correct / total
@@ -191,6 +231,10 @@ def finetune(
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
+    rank, world = _dist()
+    progress = progress and rank == 0
+    # Under torchrun, DDP averages gradients over the ranks; `model` keeps the same parameters.
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
@@ -223,7 +267,7 @@ def finetune(
         _seed_epoch(train_loader, cfg.seed, epoch)
         for images, labels in train_loader:
             images, labels = images.to(device), labels.to(device)
-            logits = model(images)
+            logits = net(images)
             loss = F.cross_entropy(logits, labels)
             if teacher is not None and cfg.distill_weight > 0:
                 with torch.no_grad():
@@ -238,6 +282,7 @@ def finetune(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
+        loss_sum, correct, seen = _all_sum([loss_sum, correct, seen])
         scheduler.step(epoch + 1)
         val = evaluate(model, val_loader)
         result.history.append({
@@ -247,15 +292,17 @@ def finetune(
         if val > result.best_accuracy or result.best_epoch < 0:
             result.best_accuracy, result.best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and rank == 0:
                 _io.write_with(ckpt_dir / "best.pt", lambda fh, s=best_state: torch.save(s, fh))
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and rank == 0:
             state = {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": result.history,
                 "best": result.best_accuracy, "best_epoch": result.best_epoch, "best_state": best_state,
             }
             _io.write_with(ckpt_dir / "last.pt", lambda fh, s=state: torch.save(s, fh))
+        if ckpt_dir is not None and world > 1:
+            torch.distributed.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
         if progress:
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {result.history[-1]['loss']:.4f}, "
                   f"val accuracy {val:.4f}", file=sys.stderr)

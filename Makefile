@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 ## The main job on a built-in default: train timm resnet10t on real digits, prune it with PFGDF to half its
-## MACs, recalibrate, fine-tune, write demo-out/ (report.json, report.md, original.pt, pruned.pt).
+## MACs, recalibrate, fine-tune, export to ONNX, measure latency, write demo-out/ (report, plot, models).
 demo: $(STAMP)
 	$(VENV)/bin/pfgdf demo --output-dir demo-out
 

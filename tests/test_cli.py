@@ -87,7 +87,7 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_demo_runs_the_pipeline_on_real_data(tmp_path, capsys):
-    assert main(["demo", "--epochs", "1", "--finetune-epochs", "1", "--input-size", "1x8x8",
+    assert main(["demo", "--epochs", "1", "--finetune-epochs", "1", "--input-size", "1x8x8", "--latency-runs", "5",
                  "--output-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     acc = report["accuracy"]
@@ -97,7 +97,10 @@ def test_demo_runs_the_pipeline_on_real_data(tmp_path, capsys):
     assert abs(report["macs"]["after"] / report["macs"]["before"] - 0.5) <= 0.01
     assert (tmp_path / "report.md").read_text().startswith("# pfgdf demo")
     assert "val accuracy (digits)" in capsys.readouterr().out
-    assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "report.md", "original.pt", "pruned.pt"}
+    assert all(v <= 1e-4 for v in report["onnx_parity_relative_error"].values())
+    assert report["latency_ms_1_thread"]["pruned"]["median"] > 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"report.json", "report.md", "original.pt", "pruned.pt",
+                                                    "original.onnx", "pruned.onnx", "latency.png"}
 
 
 def test_round_to_auto_uses_the_recommended_multiple(tmp_path, capsys):

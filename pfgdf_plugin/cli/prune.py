@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--round-to",
-        type=_round_to,
+        type=_common.round_to,
         default=None,
         help="keep channel counts at multiples of N; 'auto' picks the multiple that keeps convs on ONNX "
         "Runtime's fast CPU path here (16 with AVX-512, else 8). Default: exact counts",
@@ -69,14 +69,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, help="also write the report as JSON to this path")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
-
-
-def _round_to(text: str) -> int:
-    if text == "auto":
-        from ..pipeline.benchmark import recommended_round_to
-
-        return recommended_round_to()
-    return _common.positive_int(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread (contended 2-thread pools stall on shared machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def state_hash(model: torch.nn.Module) -> str:
     """A digest of every tensor in the state dict, and of the module structure and training flags."""
     h = hashlib.sha256()

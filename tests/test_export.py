@@ -32,13 +32,8 @@ SIZE = (3, 64, 64)
 SMALL_VGG = (16, "M", 32, "M", 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The test machine's cores are shared: one torch thread avoids stalls in contended thread pools."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The test machine's cores are shared: one torch thread avoids stalls in contended thread pools.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _torch_out(model: nn.Module, x: np.ndarray) -> np.ndarray:

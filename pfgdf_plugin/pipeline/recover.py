@@ -54,8 +54,8 @@ def train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, num_worker
 
     Example:
         >>> ds = torch.utils.data.TensorDataset(torch.randn(10, 3), torch.arange(10))
-        >>> [len(b[1]) for b in train_loader(ds, 4)]
-        [4, 4, 2]
+        >>> [len(b[1]) for b in train_loader(ds, 4)] == [4, 4, 2]
+        True
     """
     rank, world = _dist()
     check.integer("batch_size", batch_size, 1)

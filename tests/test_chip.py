@@ -488,6 +488,8 @@ def test_distributed_calibration_sums_equal_a_single_process_over_all_batches(tm
         for name, st in single.stats.items():
             samples, ci_sum, energy_sum = got[name]
             assert samples == st.samples
-            assert torch.allclose(ci_sum, st.ci_sum, rtol=1e-10, atol=1e-12)
-            assert torch.allclose(energy_sum, st.energy_sum, rtol=1e-10, atol=1e-12)
+            # The maps are float32 convolutions whose last bits depend on each process's thread count, so
+            # the sums agree to float32 precision; a missing all-reduce would be off by a factor of ~2.
+            assert torch.allclose(ci_sum, st.ci_sum, rtol=1e-5, atol=1e-8)
+            assert torch.allclose(energy_sum, st.energy_sum, rtol=1e-5, atol=1e-8)
     assert single.stats["3"].samples == 12

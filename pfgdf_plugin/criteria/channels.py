@@ -90,21 +90,29 @@ def _grouped_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return w.reshape(groups * b_per_group, -1)
 
 
+def channel_direction(layer: object, handler: object, graph: tp.DependencyGraph) -> Literal["out", "in"] | None:
+    """Whether a group member loses output (``"out"``) or input (``"in"``) channels; ``None`` if neither.
+
+    Norm layers and depthwise convs count as ``"out"``: their channel *is* their output (for a depthwise conv,
+    removing the channel removes its filter). Other nodes (element-wise ops, concat/split/reshape, raw
+    parameters, LSTM, MHA, PReLU, embeddings) give ``None``.
+    """
+    if isinstance(layer, NORM_TYPES) or is_depthwise(layer):
+        return "out"
+    if isinstance(layer, WEIGHTED_TYPES):
+        if graph.is_out_channel_pruning_fn(handler):
+            return "out"
+        if graph.is_in_channel_pruning_fn(handler):
+            return "in"
+    return None
+
+
 def _role_of(layer: object, handler: object, graph: tp.DependencyGraph) -> Role | None:
     """The role of one group member, or ``None`` when it owns no per-channel weights we can slice."""
     if isinstance(layer, NORM_TYPES):
         has_affine = getattr(layer, "affine", getattr(layer, "elementwise_affine", False))
         return "norm" if has_affine and getattr(layer, "weight", None) is not None else None
-    if isinstance(layer, WEIGHTED_TYPES):
-        if is_depthwise(layer):  # its filter *is* the channel: removing the channel removes the filter
-            return "out"
-        if graph.is_out_channel_pruning_fn(handler):
-            return "out"
-        if graph.is_in_channel_pruning_fn(handler):
-            return "in"
-    # Element-wise ops, concat/split/reshape nodes, raw nn.Parameters, LSTM, MHA, PReLU and embeddings
-    # carry no per-channel filter that either criterion scores.
-    return None
+    return channel_direction(layer, handler, graph)
 
 
 def module_name(graph: tp.DependencyGraph, layer: object) -> str:

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from .. import _io
 from .. import _validate as check
-from ..criteria.channels import module_name
+from ..criteria.channels import channel_direction, module_name
 from ..criteria.pfgdf import PFGDFImportance
-from ..layers import NORM_TYPES, WEIGHTED_TYPES, is_depthwise
+from ..layers import WEIGHTED_TYPES
 from ..models import _forward, find_classifier
 from ..search import CostModel, ScoredGroup, bisect_threshold, make_plan
 
@@ -479,11 +479,8 @@ def _member_positions(graph: tp.DependencyGraph, group: tp.dependency.Group) -> 
     for item in group:
         dep, _ = item
         m = dep.target.module
-        if not isinstance(m, (*WEIGHTED_TYPES, *NORM_TYPES)) or item.root_idxs is None:
-            continue
-        out = isinstance(m, NORM_TYPES) or is_depthwise(m) or graph.is_out_channel_pruning_fn(dep.handler)
-        direction = "out" if out else "in"
-        if (id(m), direction) in seen:
+        direction = channel_direction(m, dep.handler, graph)
+        if direction is None or item.root_idxs is None or (id(m), direction) in seen:
             continue
         seen.add((id(m), direction))
         pos = [position.get(r, -1) for r in item.root_idxs]

@@ -48,7 +48,8 @@ def find_classifier(model: nn.Module, example_inputs: torch.Tensor | tuple) -> n
 
     Rule, in order: timm's ``model.get_classifier()`` when it returns a module with weights; otherwise the
     last ``nn.Linear`` or conv layer executed in a forward pass of ``example_inputs``. ``None`` if the model
-    runs no such layer.
+    runs no such layer, or returns several tensors (a ``features_only`` backbone: there, pruning keeps every
+    output's shape by leaving alone the groups that would change one).
     """
     getter = getattr(model, "get_classifier", None)
     if callable(getter):
@@ -63,10 +64,12 @@ def find_classifier(model: nn.Module, example_inputs: torch.Tensor | tuple) -> n
     ]
     try:
         with torch.no_grad():
-            _forward(model, example_inputs)
+            out = _forward(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
+    if not isinstance(out, torch.Tensor):
+        return None
     return executed[-1] if executed else None
 
 

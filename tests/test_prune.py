@@ -227,8 +227,13 @@ def test_overlapping_groups_are_corrected_by_measurement():
     assert result.model(x).shape == (1, 10)
 
 
-def test_inplace_miss_is_a_warning_not_a_silent_success():
+def test_inplace_replays_the_corrected_plan_on_the_model_itself():
+    # The corrections run on copies; inplace=True then prunes the caller's model by the plan that met the target.
     model = timm.create_model("ghostnet_050", num_classes=10)
-    with pytest.warns(UserWarning, match="misses target"):
-        result = prune(model, torch.randn(1, 3, 96, 96), target_macs=0.5, inplace=True)
-    assert result.extra["target_met"] is False
+    x = torch.randn(1, 3, 96, 96)
+    copy_result = prune(model, x, target_macs=0.5)
+    result = prune(model, x, target_macs=0.5, inplace=True)
+    assert result.model is model and result.extra["corrections"] >= 1 and result.extra["target_met"]
+    assert result.macs_after == copy_result.macs_after
+    assert [g.channels_after for g in result.groups] == [g.channels_after for g in copy_result.groups]
+    assert model(x).shape == (1, 10)

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..pipeline.graph import GraphTimeoutError
 
 # Subcommand modules in this package, in the order `pfgdf --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "prune", "inspect", "export", "bench")
+COMMANDS: tuple[str, ...] = ("demo", "run", "prune", "inspect", "export", "bench", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"pfgdf {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except GraphTimeoutError as err:
+        print(f"pfgdf {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pfgdf {args.command}: interrupted", file=sys.stderr)
         return 130

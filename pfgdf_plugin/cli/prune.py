@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 
 import torch
@@ -65,6 +66,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-channels", type=_common.positive_int, default=1, help="channels every group keeps (default: 1)"
     )
+    p.add_argument(
+        "--ignore", nargs="+", default=[], metavar="LAYER",
+        help="module names (as in model.named_modules()) whose output channels are never pruned",
+    )
+    p.add_argument(
+        "--graph-timeout", type=_common.positive, default=120.0,
+        help="seconds Torch-Pruning may spend on the dependency graph before pfgdf gives up with an error; one "
+        "group whose search takes over 1/40 of it is left alone and reported (default: 120)",
+    )
     p.add_argument("--output", required=True, help="where to save the pruned model (.pt, written atomically)")
     p.add_argument("--report", default=None, help="also write the report as JSON to this path")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -99,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
                 model(images)
     else:
         importance = PFGDFImportance(statistic=args.statistic)
+    modules = dict(model.named_modules())
+    for name in args.ignore:
+        if name not in modules or not name:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+            raise ValueError(f"--ignore: the model has no module {name!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
     log(f"pruning {args.model or args.checkpoint} on input {tuple(size)} ...")
     result = prune(
         model,
@@ -109,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         importance=importance,
         round_to=args.round_to,
         min_channels=args.min_channels,
+        ignored_layers=[modules[n] for n in args.ignore],
+        graph_timeout=args.graph_timeout,
         progress=not args.quiet,
     )
     # Enough to rebuild the unpruned architecture later (export and bench compare against it).

@@ -2,11 +2,13 @@
 
 from .benchmark import BenchmarkResult, Measurement, benchmark_latency
 from .export import Int8Export, OnnxExport, OrtExport, Parity, ParityError, export_onnx, export_ort, quantize_int8
-from .prune import GroupChange, LayerChange, PruneResult, prune
+from .graph import GraphTimeoutError
+from .prune import GroupChange, LayerChange, PruneResult, TargetOutOfReachError, prune
 from .serialize import load_pruned, save_pruned
 
 __all__ = [
     "BenchmarkResult",
+    "GraphTimeoutError",
     "GroupChange",
     "Int8Export",
     "LayerChange",
@@ -16,6 +18,7 @@ __all__ = [
     "Parity",
     "ParityError",
     "PruneResult",
+    "TargetOutOfReachError",
     "benchmark_latency",
     "export_onnx",
     "export_ort",

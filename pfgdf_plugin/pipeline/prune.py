@@ -2,34 +2,52 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from tqdm.auto import tqdm
 
 from .. import _io
 from .. import _validate as check
-from ..criteria.channels import channel_direction, module_name
 from ..criteria.pfgdf import PFGDFImportance
-from ..layers import WEIGHTED_TYPES
-from ..models import _forward, find_classifier
+from ..models import find_classifier
 from ..search import CostModel, ScoredGroup, bisect_threshold, make_plan
+from ..search.plan import Plan
+from . import graph
+from .graph import Importance
 
 # The search aims this close to the target so that the measured model lands well inside 1 point.
 _SEARCH_TOLERANCE = 0.0025
 # A target counts as met within 1 percentage point; up to this many measured corrections try to meet it.
 _TARGET_TOLERANCE = 0.01
 _MAX_CORRECTIONS = 6
+# Rounds of "find the groups that break the model, leave them alone, search again".
+_MAX_HEALING_ROUNDS = 3
+
+
+class TargetOutOfReachError(ValueError):
+    """Even pruning every prunable group to ``min_channels`` keeps more than the target (measured).
+
+    Attributes:
+        kind: ``"macs"`` or ``"params"``.
+        target: the fraction asked for.
+        floor: the smallest fraction this model reaches (everything not left alone pruned to the minimum).
+    """
+
+    def __init__(self, kind: str, target: float, floor: float, min_channels: int) -> None:
+        super().__init__(
+            f"target_{kind}={target:g} is out of reach: pruning every prunable group down to "
+            f"min_channels={min_channels} still keeps {floor:.1%} of {kind} (the classifier, ignored layers and "
+            f"the groups left alone are never pruned). Ask for a fraction of at least {floor:.2f}."
+        )
+        self.kind, self.target, self.floor = kind, target, floor
 
 
 @dataclass
@@ -158,9 +176,6 @@ def _si(x: float) -> str:
     return f"{x:.0f}"
 
 
-Importance = Callable[[tp.dependency.Group], torch.Tensor | None]
-
-
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | tuple | list | dict,
@@ -175,6 +190,7 @@ def prune(
     round_to: int | None = None,
     min_channels: int = 1,
     inplace: bool = False,
+    graph_timeout: float | None = 120.0,
     progress: bool = False,
 ) -> PruneResult:
     """Prune every dependency group of ``model`` with one threshold, consistently across coupled layers.
@@ -188,6 +204,11 @@ def prune(
       bisection (on a cost prediction, with one dependency-graph build) and the measured result lands
       within 1 percentage point of the target.
 
+    Attention blocks with a fused ``qkv`` (timm's ViT, DeiT, ...) lose whole heads, the same ones in q, k and
+    v, and their ``num_heads`` is updated. A group that Torch-Pruning cannot build, or that breaks the model
+    when pruned (found by a trial on a copy), is left alone and listed in ``result.ignored`` with the reason.
+    All work happens on copies; ``inplace=True`` finally replays the checked plan on ``model`` itself.
+
     Args:
         model: any ``nn.Module``; timm models are handled without extra arguments.
         example_inputs: a batch the model accepts (used to trace the graph and count MACs).
@@ -200,6 +221,8 @@ def prune(
         round_to: keep channel counts at multiples of this (rounding the kept count up).
         min_channels: every group keeps at least this many channels.
         inplace: prune ``model`` itself; otherwise a pruned copy is returned and ``model`` is untouched.
+        graph_timeout: seconds Torch-Pruning may spend building the dependency graph and listing its groups
+            (``None``: no limit). One group whose search takes more than 1/40 of it is left alone.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -208,6 +231,7 @@ def prune(
     Raises:
         ValueError: on a bad argument, an input the model cannot run, NaN/Inf weights, a model with nothing
             to prune, or an unreachable target. All checks happen before the model is modified.
+        GraphTimeoutError: the dependency graph did not finish within ``graph_timeout``.
 
     Example:
         >>> import timm, torch
@@ -222,6 +246,8 @@ def prune(
     target = _check_mode(alpha, target_macs, target_params)
     round_to = check.optional_int("round_to", round_to, 1)
     min_channels = check.integer("min_channels", min_channels, 1)
+    if graph_timeout is not None:
+        graph_timeout = check.positive_float("graph_timeout", graph_timeout)
     importance = PFGDFImportance() if importance is None else importance
     for name, crit in (("importance", importance), ("rank_by", rank_by)):
         if crit is not None and not callable(crit):
@@ -236,83 +262,105 @@ def prune(
             try:
                 head = find_classifier(model, example_inputs)
             except Exception as err:
-                raise _input_error(example_inputs, err) from err
+                raise graph.input_error(example_inputs, err) from err
         if head is not None:
             ignored[head] = "classifier"
 
     names = {m: n for n, m in model.named_modules()}
     ignored_names = {names[m]: why for m, why in ignored.items()}
-    work = model if inplace else copy.deepcopy(model)
+    training = {n: m.training for n, m in model.named_modules()}
     marks = {"prepare": time.perf_counter() - start}
-    with check.eval_mode(work), warnings.catch_warnings():
+    with check.eval_mode(model), warnings.catch_warnings():
         # Torch-Pruning announces how it prunes bare nn.Parameters (ConvNeXt's gamma); the default is right.
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        traced = _trace(work, ignored_names, example_inputs, importance, rank_by, progress, original=model)
-        groups = traced.groups
+        job = _Job(model, example_inputs, min_channels, round_to, graph_timeout)
+        work = copy.deepcopy(model)
+        with check.eval_mode(work):
+            traced = graph.trace(work, example_inputs, ignored_names, importance, rank_by,
+                                 original=model, timeout=graph_timeout, progress=progress)
+        job.out_shape = traced.out_shape
+        groups, left_alone = traced.groups, dict(traced.skipped)
         marks["graph_and_scoring"] = time.perf_counter() - start
         cost = CostModel(work, example_inputs, groups)
         before = _layer_channels(work)
         marks["count_before"] = time.perf_counter() - start
 
-        steps, corrections = 0, 0
-        if target is None:
-            threshold = float(alpha)  # type: ignore[arg-type]
-        else:
-            kind, keep = target
-            base = getattr(cost.base, kind)
-
-            def kept_at(t: float) -> float:
-                return getattr(cost.estimate(make_plan(groups, t, min_channels, round_to)), kind) / base
-
-            hi = max(float(g.scores.max()) for g in groups) * (1 + 1e-9) + 1e-9
-            floor = kept_at(hi)
-            if floor > keep + _TARGET_TOLERANCE:
-                raise ValueError(
-                    f"target_{kind}={keep:g} is out of reach: pruning every prunable group down to "
-                    f"min_channels={min_channels} still keeps {floor:.1%} of {kind} (the classifier and "
-                    "ignored layers are never pruned). Ask for a larger fraction."
-                )
-            found = bisect_threshold(kept_at, keep, hi, tolerance=_SEARCH_TOLERANCE)
-            threshold, steps = found.threshold, found.steps
+        threshold, steps = job.search(cost, groups, target, alpha)
         marks["search"] = time.perf_counter() - start
 
-        # ---- first modification of `work` (the user's model when inplace=True) ----
+        # ---- first modification: of the traced copy ----
         plan = make_plan(groups, threshold, min_channels, round_to)
-        _apply(traced.graph, groups, plan)
-        macs_after, params_after = _count_and_check(work, example_inputs, traced.out_shape)
+        applied = job.attempt(groups, plan, work, traced.graph)
+        for _ in range(_MAX_HEALING_ROUNDS):
+            if isinstance(applied, Exception):
+                # Some group cannot be pruned consistently: find which on copies, leave it alone, search again.
+                bad = graph.find_inconsistent(model, example_inputs, groups, plan.removed, job.out_shape,
+                                              timeout=graph_timeout, progress=progress)
+            elif applied.rejected:
+                # Torch-Pruning refused these groups, so the cost prediction counted cuts that never happened.
+                bad = {i: "Torch-Pruning's check refused to prune this group" for i in applied.rejected}
+            else:
+                break
+            if not bad:
+                raise RuntimeError(
+                    f"the pruned model no longer runs ({applied}) and no single group is to blame; pass the "
+                    "layers involved in ignored_layers"
+                ) from applied
+            left_alone.update({groups[i].root_name: why for i, why in bad.items()})
+            groups = [g for i, g in enumerate(groups) if i not in bad]
+            if not groups:
+                raise ValueError(f"model has no prunable layer: every group breaks the model ({bad})")
+            cost = cost.subset(groups)
+            threshold, more = job.search(cost, groups, target, alpha)
+            steps += more
+            plan = make_plan(groups, threshold, min_channels, round_to)
+            applied = job.attempt(groups, plan)
+        if isinstance(applied, Exception):
+            raise RuntimeError(f"the pruned model no longer runs ({applied})") from applied
+        if applied.rejected:
+            raise RuntimeError("Torch-Pruning keeps refusing groups of this plan; pass them in ignored_layers")
+        work = job.model
 
+        corrections = 0
         if target is not None:
             kind, keep = target
-            measured = (macs_after / cost.base.macs) if kind == "macs" else (params_after / cost.base.params)
+            measured = job.kept(applied, cost, kind)
+            if threshold >= job.hi and measured > keep + _TARGET_TOLERANCE:
+                raise TargetOutOfReachError(kind, keep, measured, min_channels)
             # Overlapping groups (a gate multiplying a concatenation, as in GhostNet) make Torch-Pruning cut
             # some channels twice, which the prediction cannot see. Then search on measurements instead
             # (regula falsi between the best thresholds on either side of the target), each on a fresh copy.
             # Threshold 0 prunes nothing: kept fraction 1.
             points = [(0.0, 1.0), (threshold, measured)]
-            while abs(measured - keep) > _TARGET_TOLERANCE and not inplace and corrections < _MAX_CORRECTIONS:
+            while abs(measured - keep) > _TARGET_TOLERANCE and corrections < _MAX_CORRECTIONS:
                 corrections += 1
                 above = max((p for p in points if p[1] > keep), key=lambda p: p[0])
-                below = min((p for p in points if p[1] <= keep), key=lambda p: p[0], default=(hi, floor))
+                below = min((p for p in points if p[1] <= keep), key=lambda p: p[0], default=(job.hi, job.floor))
                 t = above[0] + (below[0] - above[0]) * (above[1] - keep) / max(above[1] - below[1], 1e-12)
-                fresh = copy.deepcopy(model)
-                retraced = _trace(fresh, ignored_names, example_inputs, importance, rank_by, False, original=model)
-                fresh_plan = make_plan(retraced.groups, t, min_channels, round_to)
-                _apply(retraced.graph, retraced.groups, fresh_plan)
-                fresh_macs, fresh_params = _count_and_check(fresh, example_inputs, retraced.out_shape)
-                fresh_measured = fresh_macs / cost.base.macs if kind == "macs" else fresh_params / cost.base.params
+                fresh_plan = make_plan(groups, t, min_channels, round_to)
+                fresh = job.attempt(groups, fresh_plan)
+                if isinstance(fresh, Exception):
+                    continue
+                fresh_measured = job.kept(fresh, cost, kind)
                 points.append((t, fresh_measured))
                 if abs(fresh_measured - keep) < abs(measured - keep):
-                    work, groups, plan, threshold = fresh, retraced.groups, fresh_plan, t
-                    macs_after, params_after, measured = fresh_macs, fresh_params, fresh_measured
+                    work, plan, threshold, applied, measured = job.model, fresh_plan, t, fresh, fresh_measured
             if abs(measured - keep) > _TARGET_TOLERANCE:
                 warnings.warn(
                     f"prune(): measured {kind} kept {measured:.1%} misses target {keep:.1%} by more than "
-                    f"{_TARGET_TOLERANCE:.0%} (overlapping groups in this architecture)"
-                    + ("; inplace=False lets prune() correct it on a copy" if inplace else ""),
+                    f"{_TARGET_TOLERANCE:.0%} (overlapping groups in this architecture)",
                     stacklevel=2,
                 )
+        if inplace:
+            # Replay the plan that worked on a copy; the same graph and plan give the same model.
+            final = job.attempt(groups, plan, model)
+            if isinstance(final, Exception):
+                raise RuntimeError(f"replaying the checked plan on model failed ({final})") from final
+            work, applied = model, final
         marks["apply_and_verify"] = time.perf_counter() - start
 
+    for n, m in work.named_modules():  # copies were made in eval mode: give back the caller's modes
+        m.training = training.get(n, m.training)
     after = _layer_channels(work)
     return PruneResult(
         model=work,
@@ -329,54 +377,79 @@ def prune(
             LayerChange(name, kind, c_in, after[name][1], c_out, after[name][2])
             for name, (kind, c_in, c_out) in before.items()
         ],
-        ignored=ignored_names,
+        ignored={**ignored_names, **left_alone},
         macs_before=cost.base.macs,
-        macs_after=float(macs_after),
+        macs_after=applied.macs,
         params_before=int(cost.base.params),
-        params_after=int(params_after),
+        params_after=applied.params,
         seconds=time.perf_counter() - start,
         extra={
             "stage_seconds": _stages(marks),
             "corrections": corrections,
-            "target_met": None if target is None else abs(
-                (macs_after / cost.base.macs if target[0] == "macs" else params_after / cost.base.params) - target[1]
-            ) <= _TARGET_TOLERANCE,
+            "target_met": None if target is None else abs(job.kept(applied, cost, target[0]) - target[1])
+            <= _TARGET_TOLERANCE,
+            "attention_heads": {name: {"before": b, "after": a} for name, b, a in applied.heads},
         },
     )
 
 
-@dataclass
-class _Traced:
-    graph: tp.DependencyGraph
-    groups: list[ScoredGroup]
-    out_shape: torch.Size | None
+class _Job:
+    """The parts of one prune() call that repeat: threshold search, and applying a plan to a model copy."""
 
+    def __init__(
+        self, model: nn.Module, example_inputs: object, min_channels: int, round_to: int | None,
+        timeout: float | None,
+    ) -> None:
+        self.original, self.example_inputs = model, example_inputs
+        self.min_channels, self.round_to, self.timeout = min_channels, round_to, timeout
+        self.out_shape: graph.Shapes = None
+        self.model: nn.Module = model
+        self.hi, self.floor = 0.0, 1.0
 
-def _trace(
-    work: nn.Module,
-    ignored_names: dict[str, str],
-    example_inputs: object,
-    importance: Importance,
-    rank_by: Importance | None,
-    progress: bool,
-    *,
-    original: nn.Module,
-) -> _Traced:
-    """Build the dependency graph of ``work`` once and score every prunable group."""
-    by_name = dict(work.named_modules())
-    ignored = {by_name[n]: why for n, why in ignored_names.items()}
-    with _outputs_of(work) as outputs:
-        try:
-            graph = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
-        except Exception as err:
-            _diagnose_graph_failure(original, example_inputs, err)
-    groups = _score_groups(graph, work, ignored, importance, rank_by, progress)
-    if not groups:
-        raise ValueError(
-            "model has no prunable layer: every conv/linear layer is ignored, is the classifier, or "
-            "belongs to a group the criterion cannot score"
-        )
-    return _Traced(graph, groups, outputs[0] if outputs else None)
+    def search(
+        self, cost: CostModel, groups: list[ScoredGroup], target: tuple[str, float] | None, alpha: float | None
+    ) -> tuple[float, int]:
+        """The threshold (and search steps): ``alpha`` itself, or the one the cost model puts at the target."""
+        # Channels a criterion cannot score get +inf and are never pruned: the search range ends at the
+        # largest finite score.
+        finite = [float(g.scores[g.scores.isfinite()].max()) for g in groups if g.scores.isfinite().any()]
+        self.hi = max(finite, default=0.0) * (1 + 1e-9) + 1e-9
+        if target is None:
+            return float(alpha), 0  # type: ignore[arg-type]
+        kind, keep = target
+        base = getattr(cost.base, kind)
+
+        def kept_at(t: float) -> float:
+            return getattr(cost.estimate(make_plan(groups, t, self.min_channels, self.round_to)), kind) / base
+
+        self.floor = kept_at(self.hi)
+        if self.floor > keep + _TARGET_TOLERANCE:
+            # Out of reach by the prediction; a measurement at the largest threshold has the last word
+            # (splits such as MixNet's mixed convs shrink more layers than the prediction sees).
+            return self.hi, 1
+        found = bisect_threshold(kept_at, keep, self.hi, tolerance=_SEARCH_TOLERANCE)
+        return found.threshold, found.steps
+
+    def attempt(
+        self, groups: list[ScoredGroup], plan: Plan, model: nn.Module | None = None,
+        dg: tp.DependencyGraph | None = None,
+    ) -> graph.Applied | Exception:
+        """Apply ``plan`` to ``model`` (a fresh copy of the original by default) and check it; the failure is
+        returned, not raised, so the caller can heal."""
+        work = copy.deepcopy(self.original) if model is None else model
+        with check.eval_mode(work):
+            if dg is None:
+                dg = graph.build_graph(work, self.example_inputs, original=self.original, timeout=self.timeout)
+            try:
+                applied = graph.apply_plan(work, dg, groups, plan.removed, self.example_inputs, self.out_shape)
+            except Exception as err:  # any failure of pruning or of the pruned model is healed by the caller
+                return err
+        self.model = work
+        return applied
+
+    @staticmethod
+    def kept(applied: graph.Applied, cost: CostModel, kind: str) -> float:
+        return applied.macs / cost.base.macs if kind == "macs" else applied.params / cost.base.params
 
 
 def _stages(marks: dict[str, float]) -> dict[str, float]:
@@ -420,153 +493,6 @@ def _check_ignored(
             raise ValueError(f"classifier must be 'auto', None or a submodule of model, got {classifier!r}")
         ignored[classifier] = "classifier"
     return ignored
-
-
-def _input_error(example_inputs: object, err: Exception) -> ValueError:
-    shape = tuple(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else "?"
-    return ValueError(f"example_inputs: the model cannot run on an input of shape {shape}: {err}")
-
-
-def _diagnose_graph_failure(model: nn.Module, example_inputs: object, err: Exception) -> None:
-    """Tell a bad input (the model itself cannot run it) from a graph the tracer cannot build."""
-    try:
-        with check.eval_mode(model), torch.no_grad():
-            _forward(model, example_inputs)
-    except Exception as forward_err:
-        raise _input_error(example_inputs, forward_err) from forward_err
-    raise RuntimeError(f"Torch-Pruning could not build the dependency graph of this model: {err}") from err
-
-
-@contextlib.contextmanager
-def _outputs_of(model: nn.Module) -> Iterator[list[torch.Size]]:
-    """Record the output shape of every forward pass of ``model`` made inside the block.
-
-    The hook also fires inside ``tp.utils.count_ops_and_params``, which runs a deep copy of the model:
-    deepcopy shares function objects, so the copy's hook appends to the same list.
-    """
-    shapes: list[torch.Size] = []
-
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        if isinstance(out, torch.Tensor):
-            shapes.append(out.shape)
-
-    handle = model.register_forward_hook(hook)
-    try:
-        yield shapes
-    finally:
-        handle.remove()
-
-
-def _channel_groups(graph: tp.DependencyGraph, model: nn.Module) -> tuple[dict, dict]:
-    """Grouped convs (not depthwise) must lose the same positions in every channel group."""
-    out_groups: dict[nn.Module, int] = {}
-    in_groups: dict[nn.Module, int] = {}
-    for m in model.modules():
-        pruner = graph.get_pruner_of_module(m)
-        if pruner is None or (isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels):
-            continue
-        if pruner.get_in_channel_groups(m) > 1:
-            in_groups[m] = pruner.get_in_channel_groups(m)
-        if pruner.get_out_channel_groups(m) > 1:
-            out_groups[m] = pruner.get_out_channel_groups(m)
-    return out_groups, in_groups
-
-
-def _member_positions(graph: tp.DependencyGraph, group: tp.dependency.Group) -> tuple[list, list[str]]:
-    root = list(group[0].idxs)
-    position = {r: i for i, r in enumerate(root)}
-    members, names, seen = [], [], set()
-    for item in group:
-        dep, _ = item
-        m = dep.target.module
-        direction = channel_direction(m, dep.handler, graph)
-        if direction is None or item.root_idxs is None or (id(m), direction) in seen:
-            continue
-        seen.add((id(m), direction))
-        pos = [position.get(r, -1) for r in item.root_idxs]
-        members.append((m, direction, torch.tensor([p for p in pos if p >= 0], dtype=torch.long)))
-        name = module_name(graph, m)
-        if name not in names:
-            names.append(name)
-    return members, names
-
-
-def _score_groups(
-    graph: tp.DependencyGraph,
-    model: nn.Module,
-    ignored: dict[nn.Module, str],
-    importance: Importance,
-    rank_by: Importance | None,
-    progress: bool,
-) -> list[ScoredGroup]:
-    out_groups, in_groups = _channel_groups(graph, model)
-    skip = [sub for m in ignored for sub in m.modules()]
-    scored = []
-    all_groups = list(graph.get_all_groups(ignored_layers=skip, root_module_types=list(WEIGHTED_TYPES)))
-    for group in tqdm(all_groups, desc="scoring groups", disable=not progress, file=sys.stderr, leave=False):
-        imp = importance(group)
-        if imp is None:
-            continue
-        ch_groups = max(
-            [1]
-            + [
-                (out_groups if graph.is_out_channel_pruning_fn(dep.handler) else in_groups).get(dep.target.module, 1)
-                for dep, _ in group
-            ]
-        )
-        n = len(group[0].idxs)
-        if n % ch_groups:
-            ch_groups = 1
-        scores = _per_position(imp, ch_groups)
-        ranking = scores
-        if rank_by is not None:
-            other = rank_by(group)
-            if other is not None:
-                ranking = _per_position(other, ch_groups)
-        members, names = _member_positions(graph, group)
-        scored.append(
-            ScoredGroup(
-                root=group[0].dep.target.module,
-                root_name=module_name(graph, group[0].dep.target.module),
-                handler=group[0].dep.handler,
-                channels=n,
-                ch_groups=ch_groups,
-                scores=scores,
-                ranking=torch.argsort(ranking, stable=True),
-                member_positions=members,
-                member_names=names,
-            )
-        )
-    return scored
-
-
-def _per_position(imp: torch.Tensor, ch_groups: int) -> torch.Tensor:
-    imp = imp.detach().to("cpu", torch.float64).reshape(-1)
-    return imp.view(ch_groups, -1).mean(0) if ch_groups > 1 else imp
-
-
-def _apply(graph: tp.DependencyGraph, groups: list[ScoredGroup], plan) -> None:
-    for g, cut in zip(groups, plan.removed, strict=True):
-        if not cut:
-            continue
-        pruning_group = graph.get_pruning_group(g.root, g.handler, list(cut))
-        if graph.check_pruning_group(pruning_group):
-            pruning_group.prune()
-
-
-def _count_and_check(model: nn.Module, example_inputs: object, out_shape: torch.Size | None) -> tuple[float, int]:
-    """MACs and params of the pruned model; the same forward pass proves it runs with the old output shape."""
-    with _outputs_of(model) as outputs:
-        try:
-            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-        except Exception as err:
-            raise RuntimeError(
-                f"the pruned model no longer runs ({err}). A layer of this architecture is not pruned "
-                "consistently by the dependency graph; pass it in ignored_layers."
-            ) from err
-    if out_shape is not None and outputs and outputs[-1] != out_shape:
-        raise RuntimeError(f"pruning changed the output shape from {tuple(out_shape)} to {tuple(outputs[-1])}")
-    return float(macs), int(params)
 
 
 def _layer_channels(model: nn.Module) -> dict[str, tuple[str, int, int]]:

@@ -10,6 +10,7 @@ the prediction only steers the search.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,12 @@ class CostModel:
                 total = channel_count(m, direction)
                 if total:
                     self._totals[(id(m), direction)] = total
+
+    def subset(self, groups: list[ScoredGroup]) -> CostModel:
+        """The same counts, predicting plans over ``groups`` (some of the original groups) only."""
+        other = copy.copy(self)
+        other._groups = groups
+        return other
 
     def _fractions(self, plan: Plan) -> dict[tuple[int, str], float]:
         removed: dict[tuple[int, str], float] = {}

@@ -19,14 +19,16 @@ class ScoredGroup:
         root_name: the root's module name.
         handler: the Torch-Pruning pruning function of the root.
         channels: channels in the group (before pruning).
-        ch_groups: channel grouping (grouped convs): pruning removes the same positions from each group.
-        scores: one score per position within a channel group (length ``channels // ch_groups``); a position
-            whose score is below the threshold is "insignificant".
+        ch_groups: channel grouping (grouped convs, q/k/v of an attention projection): pruning removes the
+            same positions from each channel group.
+        scores: one score per unit within a channel group (length :attr:`units`); a unit whose score is
+            below the threshold is "insignificant".
         ranking: positions in the order they are pruned (ascending ``scores`` unless ranked by another
             criterion).
         member_positions: for the cost model, each coupled layer's ``(module, direction, positions)`` where
             ``positions`` lists, per channel of that layer in the group, the group channel it belongs to.
         member_names: names of the coupled layers with weights, for the report.
+        block: channels per unit within a channel group: 1, or ``head_dim`` for attention (whole heads go).
     """
 
     root: nn.Module
@@ -38,37 +40,44 @@ class ScoredGroup:
     ranking: torch.Tensor
     member_positions: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)
     member_names: list[str] = field(default_factory=list)
+    block: int = 1
 
     @property
-    def positions(self) -> int:
-        return self.channels // self.ch_groups
+    def units(self) -> int:
+        """Prunable units (channels, or heads) per channel group."""
+        return self.channels // (self.ch_groups * self.block)
 
 
 def removal_count(group: ScoredGroup, threshold: float, min_channels: int, round_to: int | None) -> int:
-    """How many positions (per channel group) the group loses at ``threshold``.
+    """How many units (per channel group) the group loses at ``threshold``.
 
-    The band (``scores < threshold``) sets the count; at least ``min_channels`` channels stay; with
-    ``round_to`` the kept channel count is rounded *up* to a multiple of it (keeping more, never fewer).
+    The band (``scores < threshold``) sets the count; at least ``min_channels`` channels (and one unit) stay;
+    with ``round_to`` the kept channel count is rounded *up* to a multiple of it (keeping more, never fewer).
     """
-    m = group.positions
+    m = group.units
+    width = group.ch_groups * group.block
     k = int((group.scores < threshold).sum())
-    min_kept = max(1, math.ceil(min_channels / group.ch_groups))
+    min_kept = max(1, math.ceil(min_channels / width))
     kept = max(m - k, min(min_kept, m))
     if round_to and round_to > 1:
-        while kept < m and (kept * group.ch_groups) % round_to:
+        while kept < m and (kept * width) % round_to:
             kept += 1
     return m - kept
 
 
 def pruned_positions(group: ScoredGroup, count: int) -> torch.Tensor:
-    """The first ``count`` positions of the group's ranking, sorted."""
+    """The first ``count`` units of the group's ranking, sorted."""
     return group.ranking[:count].sort().values
 
 
 def expand_positions(group: ScoredGroup, positions: torch.Tensor) -> list[int]:
-    """Positions within a channel group -> the group's channel indices, repeated for every channel group."""
-    m = group.positions
-    return sorted(int(p) + g * m for g in range(group.ch_groups) for p in positions.tolist())
+    """Units within a channel group -> the group's channel indices, every channel of each unit, repeated for
+    every channel group."""
+    b = group.block
+    span = group.units * b
+    return sorted(
+        int(u) * b + j + g * span for g in range(group.ch_groups) for u in positions.tolist() for j in range(b)
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""Self-healing plans: groups that cannot be pruned consistently are left alone and reported, not fatal;
+the dependency-graph build has a time budget; non-default timm configurations prune with their shapes kept."""
+
+import time
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from pfgdf_plugin import prune
+from pfgdf_plugin._budget import BudgetExceeded, time_budget
+from pfgdf_plugin.pipeline import GraphTimeoutError
+from tests.conftest import state_hash
+
+
+class FixedScale(nn.Module):
+    """A per-channel scale reshaped to a size fixed at construction (like PoolFormer's layer scale)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(self.channels, 1, 1)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), FixedScale(16),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+
+
+def test_inconsistent_group_is_left_alone_and_reported():
+    model, x = _net(), torch.randn(2, 3, 16, 16)
+    before = state_hash(model)
+    result = prune(model, x, alpha=1.5)
+    assert state_hash(model) == before, "the trials must run on copies"
+    assert "0" in result.ignored and "breaks the model" in result.ignored["0"]
+    assert "shape '[16, 1, 1]' is invalid" in result.ignored["0"]
+    pruned = result.model
+    assert pruned[0].out_channels == 16 and pruned[3].gamma.numel() == 16
+    assert pruned[4].out_channels < 32 or pruned[7].out_channels < 32, "the other groups are still pruned"
+    assert pruned(x).shape == (2, 10)
+
+
+def test_healed_search_still_meets_the_target():
+    model, x = _net(), torch.randn(1, 3, 16, 16)
+    result = prune(model, x, target_macs=0.6)
+    assert "0" in result.ignored
+    assert abs(result.macs_kept - 0.6) <= 0.01 and result.extra["target_met"]
+
+
+def test_inplace_heals_on_copies_then_prunes_the_model():
+    model, x = _net(), torch.randn(1, 3, 16, 16)
+    expected = prune(model, x, alpha=1.5)
+    result = prune(model, x, alpha=1.5, inplace=True)
+    assert result.model is model and model[0].out_channels == 16
+    assert [m.weight.shape for m in model if isinstance(m, nn.Conv2d)] == [
+        m.weight.shape for m in expected.model if isinstance(m, nn.Conv2d)
+    ]
+
+
+def test_time_budget_interrupts_a_runaway_loop():
+    start = time.perf_counter()
+    with pytest.raises(BudgetExceeded, match="within 0.2 s"), time_budget(0.2):
+        while True:
+            pass
+    assert time.perf_counter() - start < 2.0
+    with time_budget(5.0):  # a block that finishes in time is untouched, and nothing fires later
+        total = sum(range(100))
+    time.sleep(0.05)
+    assert total == 4950
+
+
+def test_graph_build_over_budget_is_a_clear_error_and_leaves_the_model_alone():
+    model = timm.create_model("resnet18", num_classes=10)
+    before = state_hash(model)
+    with pytest.raises(GraphTimeoutError, match=r"ResNet.*graph_timeout=0.001 s.*ignored_layers"):
+        prune(model, torch.randn(1, 3, 64, 64), target_macs=0.5, graph_timeout=0.001)
+    assert state_hash(model) == before
+
+
+def test_bad_graph_timeout_is_rejected():
+    with pytest.raises(ValueError, match="graph_timeout"):
+        prune(_net(), torch.randn(1, 3, 16, 16), alpha=1.0, graph_timeout=-1)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "channels"),
+    [
+        ("resnet18", {"features_only": True}, 3),
+        ("mobilenetv3_small_050", {"features_only": True, "out_indices": (2, 4)}, 3),
+        ("resnet18", {"in_chans": 1, "num_classes": 7}, 1),
+        ("mobilenetv3_small_050", {"in_chans": 1, "num_classes": 3}, 1),
+    ],
+)
+def test_non_default_configurations_keep_their_output_shapes(name, kwargs, channels):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(1, channels, 80, 96)  # not square, not the default size
+    result = prune(model, x, target_macs=0.5)
+
+    def shapes(m):
+        out = m(x)
+        return [o.shape for o in out] if isinstance(out, list) else [out.shape]
+
+    assert shapes(result.model) == shapes(model)
+    assert result.macs_kept <= 0.8
+    if kwargs.get("features_only"):
+        assert any("output" in why for why in result.ignored.values())
+
+
+def test_cli_ignore_names_layers_and_rejects_unknown_ones(tmp_path, capsys):
+    from pfgdf_plugin.cli import main
+    from pfgdf_plugin.pipeline import load_pruned
+
+    out = tmp_path / "m.pt"
+    common = ["prune", "--model", "resnet18", "--num-classes", "10", "--input-size", "32", "--alpha", "1.0",
+              "--output", str(out), "--quiet"]
+    assert main([*common, "--ignore", "layer1.0.conv9"]) == 2
+    err = capsys.readouterr().err
+    assert "no module 'layer1.0.conv9'" in err and "layer1.0.conv1" in err and not out.exists()
+    assert main([*common, "--ignore", "layer1.0.conv1", "layer2.0.conv1"]) == 0
+    pruned = load_pruned(out)
+    assert pruned.layer1[0].conv1.out_channels == 64 and pruned.layer2[0].conv1.out_channels == 128
+    assert pruned.layer3[0].conv1.out_channels < 256

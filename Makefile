@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench docs docs-serve clean
+.PHONY: venv demo test test-slow lint bench coverage docs docs-serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 ## The default test suite (what .ci/run calls): lint, then every test not marked slow.
 test: $(STAMP)
-	$(PY) -m ruff check pfgdf_plugin tests examples docs/hooks docs/scripts
+	$(PY) -m ruff check pfgdf_plugin tests examples docs/hooks
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -29,6 +29,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) examples/benchmarks/bench_pfgdf_overhead.py --output bench-out/pfgdf_overhead.json
+
+## The architecture sweep behind docs/architectures.md: every timm module's smallest model, pruned to half its
+## MACs, run, exported to ONNX and checked (about an hour on 2 cores with --jobs 2).
+coverage: $(STAMP)
+	$(VENV)/bin/pfgdf coverage --all --jobs 2 --output-dir bench-out/coverage
 
 ## The documentation site (docs/, mkdocs.yml): a strict build into site/ that fails on a broken link or a
 ## missing reference (tests/test_docs.py runs the same build inside `make test`), or a live preview.

@@ -51,14 +51,22 @@ def one_of(name: str, value: object, allowed: tuple[str, ...]) -> str:
 
 
 def finite_parameters(model: nn.Module) -> None:
-    """Raise naming the first parameter or buffer holding NaN or Inf."""
-    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ValueError(
-                    f"{kind} {name!r} contains NaN or Inf values; a criterion cannot rank channels of a "
-                    "broken layer. Fix or re-initialise it before pruning."
-                )
+    """Raise naming the first parameter holding NaN or Inf, or the first buffer holding NaN.
+
+    Buffers may hold infinities on purpose (clamp bounds such as ``input_min = -inf``); NaN is never valid.
+    """
+    for name, t in model.named_parameters():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(
+                f"parameter {name!r} contains NaN or Inf values; a criterion cannot rank channels of a "
+                "broken layer. Fix or re-initialise it before pruning."
+            )
+    for name, t in model.named_buffers():
+        if t.is_floating_point() and torch.isnan(t).any():
+            raise ValueError(
+                f"buffer {name!r} contains NaN values (running statistics of a diverged training?); "
+                "re-initialise or recalibrate it before pruning."
+            )
 
 
 @contextlib.contextmanager

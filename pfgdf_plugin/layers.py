@@ -38,3 +38,21 @@ def channel_count(m: nn.Module, direction: str) -> int | None:
     if isinstance(m, NORM_TYPES):
         return m.num_features
     return None
+
+
+def find_gated(model: nn.Module) -> dict[nn.Module, int]:
+    """Projections whose outputs are split into equal parts that are multiplied together (GLU-style MLPs).
+
+    timm's ``GluMlp`` (EVA-02, SwiGLU-packed blocks) computes ``fc1`` then ``chunk(2)`` into a value and a gate of
+    ``fc2.in`` channels each: both halves must lose the same positions. Returns ``{fc1: 2}`` for every block with
+    ``fc1`` / ``fc2`` layers where ``fc1`` has exactly twice the channels ``fc2`` reads.
+    """
+    found: dict[nn.Module, int] = {}
+    for block in model.modules():
+        fc1, fc2 = getattr(block, "fc1", None), getattr(block, "fc2", None)
+        if not (isinstance(fc1, WEIGHTED_TYPES) and isinstance(fc2, WEIGHTED_TYPES)):
+            continue
+        produced, read = channel_count(fc1, "out"), channel_count(fc2, "in")
+        if produced and read and produced == 2 * read:
+            found[fc1] = 2
+    return found

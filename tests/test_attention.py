@@ -1,5 +1,7 @@
 """Attention head pruning: whole heads leave q, k and v together, num_heads follows, the function is exact."""
 
+import copy
+
 import timm
 import torch
 import torch.nn as nn
@@ -81,3 +83,23 @@ def test_pruned_vit_runs_exports_and_meets_target(tmp_path):
     assert result.model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     export = export_onnx(result.model, tmp_path / "vit.onnx", (3, 32, 32))
     assert export.parity.relative_error <= 1e-4
+
+
+def test_glu_halves_lose_the_same_positions():
+    # timm's GluMlp: fc1 -> chunk(2) -> value * act(gate) -> fc2. Both halves must lose the same positions,
+    # which must equal zeroing those inputs of fc2 in the unpruned model.
+    from timm.layers import GluMlp
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), GluMlp(16, 64, act_layer=nn.SiLU), nn.Linear(16, 4)).eval()
+    x = torch.randn(5, 8)
+    result = prune(net, x, alpha=0.9, ignored_layers=[net[0], net[1].fc2])
+    old, new = net[1], result.model[1]
+    half = new.fc2.in_features
+    assert half < 32 and new.fc1.out_features == 2 * half and tuple(new.fc2.weight.shape) == (16, half)
+    kept = [next(i for i in range(32) if torch.equal(old.fc1.weight[i], row)) for row in new.fc1.weight[:half]]
+    assert torch.equal(new.fc1.weight[half:], old.fc1.weight[[k + 32 for k in kept]])
+    reference = copy.deepcopy(net).double()
+    with torch.no_grad():
+        reference[1].fc2.weight[:, [i for i in range(32) if i not in kept]] = 0
+        torch.testing.assert_close(result.model.double()(x.double()), reference(x.double()), rtol=1e-9, atol=1e-9)

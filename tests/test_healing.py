@@ -130,3 +130,29 @@ def test_cli_ignore_names_layers_and_rejects_unknown_ones(tmp_path, capsys):
     pruned = load_pruned(out)
     assert pruned.layer1[0].conv1.out_channels == 64 and pruned.layer2[0].conv1.out_channels == 128
     assert pruned.layer3[0].conv1.out_channels < 256
+
+
+def test_checked_calls_stop_a_runaway_loop_from_inside():
+    from pfgdf_plugin._budget import checked_calls
+
+    class Search:
+        def step(self) -> None:
+            pass
+
+    start = time.perf_counter()
+    with pytest.raises(BudgetExceeded, match="within 0.2 s"), checked_calls(0.2, [(Search, "step")]):
+        while True:
+            Search().step()
+    assert time.perf_counter() - start < 2.0
+    assert Search.step.__qualname__.endswith("Search.step"), "the method is restored after the block"
+
+
+def test_runaway_group_search_is_left_alone_and_the_rest_is_pruned():
+    # ReXNet's partial-channel residuals make Torch-Pruning's group search run away from some roots.
+    torch.manual_seed(0)
+    model = timm.create_model("rexnet_100", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = prune(model, x, target_macs=0.5)
+    runaway = [name for name, why in result.ignored.items() if "did not finish within 1 s" in why]
+    assert runaway and all(name.endswith("conv_pwl.conv") for name in runaway)
+    assert abs(result.macs_kept - 0.5) <= 0.01 and result.model(x).shape == (1, 10)

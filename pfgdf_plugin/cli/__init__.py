@@ -11,7 +11,7 @@ from .. import __version__
 from ..pipeline.graph import GraphTimeoutError
 
 # Subcommand modules in this package, in the order `pfgdf --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "run", "prune", "inspect", "export", "bench", "compare")
+COMMANDS: tuple[str, ...] = ("demo", "run", "prune", "inspect", "export", "bench", "compare", "coverage")
 
 
 def build_parser() -> argparse.ArgumentParser:

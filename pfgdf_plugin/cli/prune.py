@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--graph-timeout", type=_common.positive, default=120.0,
         help="seconds Torch-Pruning may spend on the dependency graph before pfgdf gives up with an error; one "
-        "group whose search takes over 1/40 of it is left alone and reported (default: 120)",
+        "group whose search takes over 1/120 of it (at least 0.5 s) is left alone and reported (default: 120)",
     )
     p.add_argument("--output", required=True, help="where to save the pruned model (.pt, written atomically)")
     p.add_argument("--report", default=None, help="also write the report as JSON to this path")

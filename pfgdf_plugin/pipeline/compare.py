@@ -112,8 +112,10 @@ class CompareConfig:
         targets: fractions of the unpruned MACs to keep, each in (0, 1).
         seeds: seeds of calibration batches, random scores, BN recalibration and fine-tuning order (>= 0).
         criteria: names from :data:`CRITERIA`.
-        train_epochs, train_lr: training of the unpruned network (once per call).
-        finetune_epochs, finetune_lr: the fine-tuning budget of every pruned model (and of the anchor).
+        train_epochs: training epochs of the unpruned network (trained once per call).
+        train_lr: its learning rate.
+        finetune_epochs: the fine-tuning budget of every pruned model (and of the anchor), in epochs.
+        finetune_lr: the fine-tuning learning rate.
         width: channels of the first conv block (then x2, x4, x4, x8).
         limit: use only this many images (train 80%, test 20%); ``None``: all.
         latency: export every pruned model to ONNX and time it on ONNX Runtime at 1 thread.
@@ -307,7 +309,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         >>> cell = {"criterion": "l1", "target": 0.5, "macs_kept": 0.5, "params_kept": 0.4, "acc_stale": 0.1,
         ...         "acc_recal": 0.8}
         >>> rows = summarise([cell | {"seed": 0, "acc_finetuned": 0.9}, cell | {"seed": 1, "acc_finetuned": 0.95}])
-        >>> rows[0]["seeds"], round(rows[0]["acc_finetuned"]["mean"], 3)
+        >>> row = rows[0]
+        >>> row["seeds"], round(row["acc_finetuned"]["mean"], 3)
         (2, 0.925)
     """
     keys: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -336,13 +339,15 @@ def compare(config: CompareConfig | None = None, *, progress: bool = False) -> d
 
     Returns:
         ``{"config", "criteria", "environment", "unpruned", "runs", "summary", "latency", "seconds"}``: ``runs``
-        has one row per cell (accuracies in [0, 1], MACs / params kept, latency at 1 thread, ...), ``summary``
+        has one row per cell (accuracies from 0 to 1, MACs / params kept, latency at 1 thread, ...), ``summary``
         one per (criterion, target) with mean / min / max / std over seeds; :func:`table` and :func:`plot`
         render it.
 
     Example:
         >>> report = compare(CompareConfig.smoke(criteria=["pfgdf-l1"], targets=[0.5], seeds=[0], latency=False))
-        >>> abs(report["runs"][0]["macs_kept"] - 0.5) < 0.02, 0 <= report["runs"][0]["acc_finetuned"] <= 1
+        >>> runs = report["runs"]
+        >>> cell = runs[0]
+        >>> abs(cell["macs_kept"] - 0.5) < 0.02, 0 <= cell["acc_finetuned"] <= 1
         (True, True)
     """
     cfg = config if config is not None else CompareConfig()

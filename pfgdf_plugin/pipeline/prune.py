@@ -222,7 +222,7 @@ def prune(
         min_channels: every group keeps at least this many channels.
         inplace: prune ``model`` itself; otherwise a pruned copy is returned and ``model`` is untouched.
         graph_timeout: seconds Torch-Pruning may spend building the dependency graph and listing its groups
-            (``None``: no limit). One group whose search takes more than 1/40 of it is left alone.
+            (``None``: no limit). One group whose search takes more than 1/120 of it (at least 0.5 s) is left alone.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -270,7 +270,7 @@ def prune(
     ignored_names = {names[m]: why for m, why in ignored.items()}
     training = {n: m.training for n, m in model.named_modules()}
     marks = {"prepare": time.perf_counter() - start}
-    with check.eval_mode(model), warnings.catch_warnings():
+    with check.eval_mode(model), warnings.catch_warnings(), graph.tolerant_index_mapping():
         # Torch-Pruning announces how it prunes bare nn.Parameters (ConvNeXt's gamma); the default is right.
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         job = _Job(model, example_inputs, min_channels, round_to, graph_timeout)
@@ -291,8 +291,12 @@ def prune(
         # ---- first modification: of the traced copy ----
         plan = make_plan(groups, threshold, min_channels, round_to)
         applied = job.attempt(groups, plan, work, traced.graph)
-        for _ in range(_MAX_HEALING_ROUNDS):
+        trials = 0
+        while True:
             if isinstance(applied, Exception):
+                trials += 1
+                if trials > _MAX_HEALING_ROUNDS:
+                    break
                 # Some group cannot be pruned consistently: find which on copies, leave it alone, search again.
                 bad = graph.find_inconsistent(model, example_inputs, groups, plan.removed, job.out_shape,
                                               timeout=graph_timeout, progress=progress)
@@ -317,8 +321,6 @@ def prune(
             applied = job.attempt(groups, plan)
         if isinstance(applied, Exception):
             raise RuntimeError(f"the pruned model no longer runs ({applied})") from applied
-        if applied.rejected:
-            raise RuntimeError("Torch-Pruning keeps refusing groups of this plan; pass them in ignored_layers")
         work = job.model
 
         corrections = 0

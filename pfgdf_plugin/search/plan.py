@@ -29,6 +29,8 @@ class ScoredGroup:
             ``positions`` lists, per channel of that layer in the group, the group channel it belongs to.
         member_names: names of the coupled layers with weights, for the report.
         block: channels per unit within a channel group: 1, or ``head_dim`` for attention (whole heads go).
+        min_kept: channels the group keeps at least, whatever ``min_channels`` says (2 when a LayerNorm or
+            GroupNorm normalises over these channels: over one channel it outputs a constant).
     """
 
     root: nn.Module
@@ -41,6 +43,7 @@ class ScoredGroup:
     member_positions: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)
     member_names: list[str] = field(default_factory=list)
     block: int = 1
+    min_kept: int = 1
 
     @property
     def units(self) -> int:
@@ -57,7 +60,7 @@ def removal_count(group: ScoredGroup, threshold: float, min_channels: int, round
     m = group.units
     width = group.ch_groups * group.block
     k = int((group.scores < threshold).sum())
-    min_kept = max(1, math.ceil(min_channels / width))
+    min_kept = max(1, math.ceil(max(min_channels, group.min_kept) / width))
     kept = max(m - k, min(min_kept, m))
     if round_to and round_to > 1:
         while kept < m and (kept * width) % round_to:

@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -58,9 +57,6 @@ _CONSTANT_OUTPUT = 1e-3
 # The child prints its result on this line of stdout, and its progress on stderr lines with the second prefix.
 _ROW_PREFIX = "pfgdf-coverage-row: "
 _MARK_PREFIX = "pfgdf-coverage: "
-# prune()'s message for an unreachable target: the smallest fraction the structure can reach.
-_FLOOR_RE = re.compile(r"still keeps ([0-9.]+)% of macs")
-
 
 @dataclass(frozen=True)
 class MacsException:
@@ -315,7 +311,7 @@ def _check_stages(row: CoverageRow, case: Case, target_macs: float, enter: Calla
     import torch
 
     from .models import default_input_size
-    from .pipeline.prune import prune
+    from .pipeline.prune import TargetOutOfReachError, prune
     from .pipeline.recover import recalibrate_bn
 
     torch.manual_seed(0)
@@ -343,12 +339,11 @@ def _check_stages(row: CoverageRow, case: Case, target_macs: float, enter: Calla
         try:
             result = prune(model, x, target_macs=target_macs)
             unreachable = False
-        except ValueError as err:
-            floor = _FLOOR_RE.search(str(err))
-            if floor is None or float(floor.group(1)) >= 100:  # nothing to retry at: report the error as it is
+        except TargetOutOfReachError as err:
+            if err.floor >= 1.0:  # nothing to retry at: report the error as it is
                 raise
             # Measure what the structure allows, so that an exception to criterion 2 rests on numbers.
-            row.macs_floor = float(floor.group(1)) / 100
+            row.macs_floor = err.floor
             unreachable = True
             result = prune(model, x, target_macs=min(1.0, row.macs_floor + 0.005))
     row.warnings = sorted({str(w.message).splitlines()[0][:300] for w in caught if "prune()" in str(w.message)})

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
 
 
 def input_size(text: str) -> tuple[int, int, int]:
@@ -22,24 +27,23 @@ def input_size(text: str) -> tuple[int, int, int]:
     return (parts[0], parts[1], parts[2])
 
 
-def fraction(text: str) -> float:
+def parsed(text: str, cast: Callable[[str], T], ok: Callable[[T], bool], expected: str) -> T:
+    """``cast(text)`` if it parses and passes ``ok``, else argparse's error saying what was ``expected``."""
     try:
-        value = float(text)
+        value = cast(text)
     except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction to keep in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def fraction(text: str) -> float:
+    return parsed(text, float, lambda v: 0.0 < v <= 1.0, "a fraction to keep in (0, 1]")
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+    return parsed(text, int, lambda v: v >= 1, "an integer >= 1")
 
 
 def round_to(text: str) -> int:
@@ -52,13 +56,7 @@ def round_to(text: str) -> int:
 
 
 def positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return parsed(text, float, lambda v: 0.0 < v < math.inf, "a finite number > 0")
 
 
 def distinct_outputs(inputs: list[str | os.PathLike], outputs: list[str | os.PathLike | None]) -> None:

@@ -15,23 +15,11 @@ OUTPUTS: tuple[str, ...] = ("compare.json", "compare.md", "compare.png")
 
 
 def _target(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction of MACs to keep in (0, 1), got {text!r}")
-    return value
+    return _common.parsed(text, float, lambda v: 0.0 < v < 1.0, "a fraction of MACs to keep in (0, 1)")
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _common.parsed(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=2 examples/finetune_distributed.py --output ddp.json
 
 Both print and write the same per-epoch metrics: every global batch holds the same samples whatever the
-number of processes (`pfgdf_plugin.pipeline.recover.train_loader`), and DDP averages gradients over them.
+number of processes (`pfgdf_plugin.recovery.finetune.train_loader`), and DDP averages gradients over them.
 The model has no BatchNorm, whose per-process batch statistics would legitimately differ.
 """
 
@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from pfgdf_plugin._io import write_text
+from pfgdf_plugin._util.io import write_text
 from pfgdf_plugin.data import load_dataset, split
-from pfgdf_plugin.pipeline.recover import FinetuneConfig, finetune, train_loader
+from pfgdf_plugin.recovery.finetune import FinetuneConfig, finetune, train_loader
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 PFGDF's VGG-16 / CIFAR-10 result: 66.62% of conv filters removed, over 90% of parameters gone, inference 83.73%
 faster on a phone. This recipe reproduces the *shape* of that result on this machine:
 
-1. build VGG-16-BN for 32x32 inputs (``pfgdf_plugin.zoo.CifarVGG``) with random weights, and recalibrate its
+1. build VGG-16-BN for 32x32 inputs (``pfgdf_plugin.models.zoo.CifarVGG``) with random weights, and recalibrate its
    BatchNorm statistics on real images (``"mnist"``) so activations keep a realistic scale through depth
    (this matters for INT8 calibration; latency does not depend on weight values);
 2. search PFGDF's single threshold ``alpha`` (bisection) until the share of conv filters removed matches the
@@ -32,11 +32,13 @@ import torch
 import torch.nn as nn
 
 from pfgdf_plugin import prune
-from pfgdf_plugin._io import write_text
+from pfgdf_plugin._util.io import write_text
 from pfgdf_plugin.data import load_dataset
-from pfgdf_plugin.pipeline import PruneResult, benchmark_latency, export_onnx, export_ort, quantize_int8
-from pfgdf_plugin.pipeline.recover import recalibrate_bn
-from pfgdf_plugin.zoo import VGG16_CFG, CifarVGG
+from pfgdf_plugin.deploy.export import export_onnx, export_ort, quantize_int8
+from pfgdf_plugin.measure.latency import benchmark_latency
+from pfgdf_plugin.models.zoo import VGG16_CFG, CifarVGG
+from pfgdf_plugin.pruning.api import PruneResult
+from pfgdf_plugin.recovery.finetune import recalibrate_bn
 
 PAPER = {"filters_removed": 0.6662, "params_reduction": 0.90, "latency_reduction": 0.8373}
 SIZE = (3, 32, 32)

@@ -8,33 +8,32 @@ Example:
     True
 """
 
-from .criteria import CHIPImportance, PFGDFImportance
-from .models import create_model, find_classifier
-from .pipeline import (
-    PruneResult,
-    benchmark_latency,
-    export_onnx,
-    export_ort,
-    load_pruned,
-    prune,
-    quantize_int8,
-    save_pruned,
-)
+from pfgdf_plugin.criteria import CHIPImportance, PFGDFImportance
+from pfgdf_plugin.deploy.export import export_onnx, export_ort, quantize_int8
+from pfgdf_plugin.measure.latency import benchmark_latency
+from pfgdf_plugin.models.saved import load_pruned, save_pruned
+from pfgdf_plugin.models.timm import create_model, find_classifier
+from pfgdf_plugin.pruning.api import PruneResult, prune
+from pfgdf_plugin.recovery.finetune import FinetuneConfig, evaluate, finetune, recalibrate_bn
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CHIPImportance",
+    "FinetuneConfig",
     "PFGDFImportance",
     "PruneResult",
     "__version__",
     "benchmark_latency",
     "create_model",
+    "evaluate",
     "export_onnx",
     "export_ort",
     "find_classifier",
+    "finetune",
     "load_pruned",
     "prune",
     "quantize_int8",
+    "recalibrate_bn",
     "save_pruned",
 ]

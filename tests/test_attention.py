@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pfgdf_plugin import export_onnx, prune
-from pfgdf_plugin.attention import find_heads, update_heads
+from pfgdf_plugin.pruning.attention import find_heads, update_heads
 
 
 def _vit(depth: int = 2) -> nn.Module:

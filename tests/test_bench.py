@@ -11,9 +11,9 @@ import torch_pruning as tp
 
 from pfgdf_plugin import prune
 from pfgdf_plugin.cli import main
-from pfgdf_plugin.pipeline.benchmark import SCHEMA, benchmark_latency
-from pfgdf_plugin.pipeline.export import export_onnx
-from pfgdf_plugin.zoo import CifarVGG
+from pfgdf_plugin.deploy.export import export_onnx
+from pfgdf_plugin.measure.latency import SCHEMA, benchmark_latency
+from pfgdf_plugin.models.zoo import CifarVGG
 
 CFG = (16, "M", 32, "M", 64)
 SIZE = (3, 32, 32)

@@ -104,7 +104,7 @@ def test_demo_runs_the_pipeline_on_real_data(tmp_path, capsys):
 
 
 def test_round_to_auto_uses_the_recommended_multiple(tmp_path, capsys):
-    from pfgdf_plugin.pipeline.benchmark import recommended_round_to
+    from pfgdf_plugin.measure.latency import recommended_round_to
 
     report = tmp_path / "r.json"
     assert main(["prune", "--model", "resnet18", "--input-size", "32", "--alpha", "1", "--round-to", "auto",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pfgdf_plugin.cli import main
-from pfgdf_plugin.pipeline import load_pruned
+from pfgdf_plugin.models.saved import load_pruned
 
 
 def test_chip_prune_from_a_tensor_file(tmp_path):

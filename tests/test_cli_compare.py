@@ -11,7 +11,7 @@ import re
 import pytest
 
 from pfgdf_plugin.cli import compare as cli_compare
-from pfgdf_plugin.pipeline.compare import CRITERIA, CompareConfig
+from pfgdf_plugin.studies.compare import CRITERIA, CompareConfig
 
 CELL_KEYS = {"criterion", "target", "seed", "macs_kept", "params_kept", "macs_after", "params_after", "acc_stale",
              "acc_recal", "acc_finetuned", "prune_seconds", "finetune_seconds", "groups_kept", "latency_ms",
@@ -121,7 +121,7 @@ def test_config_errors_name_the_option(kwargs, message):
 
 
 def test_a_failing_cell_is_reported_and_the_others_kept(tmp_path, monkeypatch, one_torch_thread):
-    from pfgdf_plugin.pipeline import compare as compare_mod
+    from pfgdf_plugin.studies import compare as compare_mod
 
     real = compare_mod._specs
 

@@ -11,9 +11,10 @@ import pytest
 import timm
 import torch
 
-from pfgdf_plugin import coverage, prune
+from pfgdf_plugin import prune
 from pfgdf_plugin.cli import coverage as cli_coverage
-from pfgdf_plugin.pipeline.export import PARITY_TOLERANCE
+from pfgdf_plugin.deploy.export import PARITY_TOLERANCE
+from pfgdf_plugin.studies import coverage
 
 
 def _args(argv):

@@ -15,8 +15,7 @@ import torch_pruning as tp
 from pfgdf_plugin import prune, save_pruned
 from pfgdf_plugin.cli import main
 from pfgdf_plugin.data import load_dataset
-from pfgdf_plugin.models import create_model
-from pfgdf_plugin.pipeline.export import (
+from pfgdf_plugin.deploy.export import (
     INT8_AGREEMENT_THRESHOLD,
     PARITY_TOLERANCE,
     ParityError,
@@ -25,8 +24,9 @@ from pfgdf_plugin.pipeline.export import (
     quantize_int8,
     read_model_metadata,
 )
-from pfgdf_plugin.pipeline.recover import recalibrate_bn
-from pfgdf_plugin.zoo import CifarVGG
+from pfgdf_plugin.models.timm import create_model
+from pfgdf_plugin.models.zoo import CifarVGG
+from pfgdf_plugin.recovery.finetune import recalibrate_bn
 
 SIZE = (3, 64, 64)
 SMALL_VGG = (16, "M", 32, "M", 64)

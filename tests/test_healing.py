@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from pfgdf_plugin import prune
-from pfgdf_plugin._budget import BudgetExceeded, time_budget
-from pfgdf_plugin.pipeline import GraphTimeoutError
+from pfgdf_plugin._util.budget import BudgetExceeded, time_budget
+from pfgdf_plugin.pruning.groups import GraphTimeoutError
 from tests.conftest import state_hash
 
 
@@ -118,7 +118,7 @@ def test_non_default_configurations_keep_their_output_shapes(name, kwargs, chann
 
 def test_cli_ignore_names_layers_and_rejects_unknown_ones(tmp_path, capsys):
     from pfgdf_plugin.cli import main
-    from pfgdf_plugin.pipeline import load_pruned
+    from pfgdf_plugin.models.saved import load_pruned
 
     out = tmp_path / "m.pt"
     common = ["prune", "--model", "resnet18", "--num-classes", "10", "--input-size", "32", "--alpha", "1.0",
@@ -133,7 +133,7 @@ def test_cli_ignore_names_layers_and_rejects_unknown_ones(tmp_path, capsys):
 
 
 def test_checked_calls_stop_a_runaway_loop_from_inside():
-    from pfgdf_plugin._budget import checked_calls
+    from pfgdf_plugin._util.budget import checked_calls
 
     class Search:
         def step(self) -> None:

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from pfgdf_plugin.cli import run as run_cli
-from pfgdf_plugin.pipeline.job import Recipe, apply_overrides, run_job
-from pfgdf_plugin.zoo import CifarResNet
+from pfgdf_plugin.models.zoo import CifarResNet
+from pfgdf_plugin.recipes.run import Recipe, apply_overrides, run_job
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from pfgdf_plugin import prune
 from pfgdf_plugin.data import load_dataset, split
-from pfgdf_plugin.pipeline.recover import FinetuneConfig, evaluate, finetune, recalibrate_bn
+from pfgdf_plugin.recovery.finetune import FinetuneConfig, evaluate, finetune, recalibrate_bn
 
 
 def small_cnn() -> nn.Module:

@@ -2,7 +2,7 @@
 
 Part 1 (per shape): the same float32 non-negative feature maps ``[batch, C, HW]`` are scored by
 
-* ``fast``: :func:`pfgdf_plugin.criteria.chip.channel_independence` on the whole batch (time / batch size);
+* ``fast``: :func:`pfgdf_plugin.criteria.chip.importance.channel_independence` on the whole batch (time / batch size);
 * ``reference``: the algorithm of the CHIP repository, re-implemented here: per sample and per channel, a copy
   of the stored batch with that channel's row zeroed and one nuclear norm (an SVD) of the sample, float32;
 * ``lean ref``: the same algorithm without the per-channel copy of the whole batch (only the sample is copied),
@@ -82,7 +82,7 @@ def median(values: list[float]) -> float:
 
 
 def time_shape(c: int, hw: int, batch: int, repeats: int, ref_samples: int, seed: int) -> dict:
-    from pfgdf_plugin.criteria.chip import channel_independence
+    from pfgdf_plugin.criteria.chip.importance import channel_independence
 
     gen = torch.Generator().manual_seed(seed)
     stored = torch.randn(batch, c, hw, generator=gen).clamp_(min=0)  # post-ReLU-like, float32
@@ -146,8 +146,8 @@ def network_part(samples: int, batch: int, seed: int, calib_data: str | None) ->
     import torch_pruning as tp
 
     from pfgdf_plugin import CHIPImportance
-    from pfgdf_plugin.layers import WEIGHTED_TYPES
-    from pfgdf_plugin.zoo import CifarResNet
+    from pfgdf_plugin.models.layers import WEIGHTED_TYPES
+    from pfgdf_plugin.models.zoo import CifarResNet
 
     warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
     torch.manual_seed(seed)
@@ -240,7 +240,7 @@ STUDY_MODELS = {"vgg": "CifarVGG(32,32,M,64,64,M,128,128,M)", "resnet20": "Cifar
 
 def _train(seed: int, epochs: int, size: int, arch: str):
     from pfgdf_plugin.data import load_dataset, split
-    from pfgdf_plugin.zoo import CifarResNet, CifarVGG
+    from pfgdf_plugin.models.zoo import CifarResNet, CifarVGG
 
     torch.manual_seed(seed)
     train, test = split(load_dataset("digits", (3, size, size), seed=seed))

@@ -1,6 +1,6 @@
 """Pruning criteria compared on one trained CNN: same MACs targets, same BN recalibration, same fine-tuning.
 
-A thin wrapper around :mod:`pfgdf_plugin.pipeline.compare` (also the ``pfgdf compare`` subcommand), kept for its
+A thin wrapper around :mod:`pfgdf_plugin.studies.compare` (also the ``pfgdf compare`` subcommand), kept for its
 flags: ``--output`` / ``--markdown`` / ``--plot`` name the files one by one instead of one output folder. What is
 compared, and how, is documented in that module.
 
@@ -15,8 +15,8 @@ import argparse
 import json
 import sys
 
-from pfgdf_plugin import _io
-from pfgdf_plugin.pipeline.compare import CRITERIA, DATASETS, CompareConfig, compare, footer, plot, table
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin.studies.compare import CRITERIA, DATASETS, CompareConfig, compare, footer, plot, table
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipe, for 
 from vgg16_cifar_pfgdf import PAPER, filters_removed, prune_to_filter_fraction
 
 from pfgdf_plugin import prune
-from pfgdf_plugin._io import write_text
-from pfgdf_plugin.models import create_model
-from pfgdf_plugin.pipeline import benchmark_latency, export_onnx
-from pfgdf_plugin.pipeline.benchmark import environment
-from pfgdf_plugin.zoo import VGG16_CFG, CifarVGG
+from pfgdf_plugin._util.io import write_text
+from pfgdf_plugin.deploy.export import export_onnx
+from pfgdf_plugin.measure.latency import benchmark_latency, environment
+from pfgdf_plugin.models.timm import create_model
+from pfgdf_plugin.models.zoo import VGG16_CFG, CifarVGG
 
 MODELS = ("vgg16", "resnet18", "mobilenetv3")
 TIMM = {"resnet18": "resnet18", "mobilenetv3": "mobilenetv3_large_100"}

@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 
 from pfgdf_plugin import PFGDFImportance, __version__, prune
-from pfgdf_plugin._io import write_text
+from pfgdf_plugin._util.io import write_text
 
 
 def time_step(model: torch.nn.Module, x: torch.Tensor, importance) -> tuple[float, float]:

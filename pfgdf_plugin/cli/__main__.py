@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from pfgdf_plugin.cli import main
 
 sys.exit(main())

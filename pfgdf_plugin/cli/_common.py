@@ -49,7 +49,7 @@ def positive_int(text: str) -> int:
 def round_to(text: str) -> int:
     """``auto`` -> the channel multiple that keeps convs on ONNX Runtime's fast CPU path here; else N >= 1."""
     if text == "auto":
-        from ..pipeline.benchmark import recommended_round_to
+        from pfgdf_plugin.measure.latency import recommended_round_to
 
         return recommended_round_to()
     return positive_int(text)

@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..models import create_model
-from ..pipeline.benchmark import PROTOCOL_RUNS, benchmark_latency
-from ..pipeline.serialize import load_pruned_with_metadata
-from . import _common
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.measure.latency import PROTOCOL_RUNS, benchmark_latency
+from pfgdf_plugin.models.saved import load_pruned_with_metadata
+from pfgdf_plugin.models.timm import create_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         result.plot(args.plot)
     if args.markdown:
-        from .. import _io
+        from pfgdf_plugin._util import io as _io
 
         _io.write_text(args.markdown, result.to_markdown())
     written = [p for p in (args.report, args.plot, args.markdown) if p]

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from .. import _io
-from ..pipeline.compare import CRITERIA, DATASETS, QUICK_SETTINGS, CompareConfig, compare, footer, plot, table
-from . import _common
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.studies.compare import CRITERIA, DATASETS, QUICK_SETTINGS, CompareConfig, compare, footer, plot, table
 
 OUTPUTS: tuple[str, ...] = ("compare.json", "compare.md", "compare.png")
 

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..coverage import (
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.studies.coverage import (
     DEFAULT_MEMORY_LIMIT_GB,
     DEFAULT_TIMEOUT,
     FAST_SUBSET,
@@ -18,7 +19,6 @@ from ..coverage import (
     cases_for,
     sweep,
 )
-from . import _common
 
 OUTPUTS: tuple[str, ...] = ("coverage.json", "coverage.md")
 
@@ -109,7 +109,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pfgdf_plugin.coverage ...``: this subcommand without the ``pfgdf`` front end."""
+    """``python -m pfgdf_plugin.studies.coverage ...``: this subcommand without the ``pfgdf`` front end."""
     parser = argparse.ArgumentParser(prog="python -m pfgdf_plugin")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

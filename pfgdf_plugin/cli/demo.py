@@ -4,15 +4,24 @@ Trains timm's ``resnet10t`` (1 input channel) on scikit-learn's digits, prunes i
 search to a MACs target, recalibrates BatchNorm, fine-tunes, exports both models to ONNX (checked against
 PyTorch), measures their latency on ONNX Runtime at 1 thread, and reports accuracy, parameters, MACs and
 latency before and after, in a report folder (JSON, Markdown, a latency plot, the models). The job is
-:func:`pfgdf_plugin.pipeline.job.run_job` with a recipe built from the flags; ``pfgdf run`` reads one from YAML.
+:func:`pfgdf_plugin.recipes.run.run_job` with a recipe built from the flags; ``pfgdf run`` reads one from YAML.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..pipeline.job import BenchmarkSpec, DataSpec, ModelSpec, PruneSpec, Recipe, RecoverSpec, TrainSpec, execute_job
-from . import _common
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.recipes.run import (
+    BenchmarkSpec,
+    DataSpec,
+    ModelSpec,
+    PruneSpec,
+    Recipe,
+    RecoverSpec,
+    TrainSpec,
+    execute_job,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from .. import _io
-from .. import _validate as check
-from ..data import BUILTIN, calibration_loader
-from ..models import create_model
-from ..pipeline.export import (
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.data import BUILTIN, calibration_loader
+from pfgdf_plugin.deploy.export import (
     ACTIVATION_TYPES,
     DEFAULT_OPSET,
     EXPORTERS,
@@ -28,8 +28,8 @@ from ..pipeline.export import (
     quantize_int8,
     write_operator_config,
 )
-from ..pipeline.serialize import load_pruned_with_metadata
-from . import _common
+from pfgdf_plugin.models.saved import load_pruned_with_metadata
+from pfgdf_plugin.models.timm import create_model
 
 FORMATS = ("onnx", "ort")
 
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_runs(what: str, model: torch.nn.Module, size: tuple[int, ...]) -> None:
-    with check.eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             model(torch.randn(1, *size))
         except Exception as err:

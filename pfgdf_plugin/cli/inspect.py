@@ -7,8 +7,8 @@ import argparse
 import torch
 import torch_pruning as tp
 
-from ..pipeline.serialize import load_pruned_with_metadata
-from . import _common
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.models.saved import load_pruned_with_metadata
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -8,11 +8,12 @@ import sys
 
 import torch
 
-from ..criteria import STATISTICS, CHIPImportance, PFGDFImportance
-from ..data import BUILTIN, calibration_loader
-from ..models import create_model, default_input_size
-from ..pipeline import load_pruned, prune, save_pruned
-from . import _common
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.criteria import STATISTICS, CHIPImportance, PFGDFImportance
+from pfgdf_plugin.data import BUILTIN, calibration_loader
+from pfgdf_plugin.models.saved import load_pruned, save_pruned
+from pfgdf_plugin.models.timm import create_model, default_input_size
+from pfgdf_plugin.pruning.api import prune
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

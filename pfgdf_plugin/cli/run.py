@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from ..pipeline.job import Recipe, execute_job
+from pfgdf_plugin.recipes.run import Recipe, execute_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run",
         help="the demo's pipeline (train or load, prune, recover, export, time, report) from a YAML recipe",
         description="Run the job of `pfgdf demo` on your own model and data, as a YAML recipe describes it: "
-        "model (a timm name or a pfgdf_plugin.zoo name such as cifar_resnet56, with kwargs for timm, and "
+        "model (a timm name or a pfgdf_plugin.models.zoo name such as cifar_resnet56, with kwargs for timm, and "
         "optionally a checkpoint to start from), data (digits, mnist, an ImageFolder directory or a .pt file), "
         "input_size, train, prune (pfgdf or chip, target_macs / target_params / alpha, round_to), recover "
         "(BatchNorm recalibration, fine-tuning, distillation), export (onnx, ort, int8), benchmark (threads, "

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
+from pfgdf_plugin._compat.torch_pruning import graph_of, module_name
+from pfgdf_plugin.models.layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
 
 Role = Literal["out", "in", "norm"]
 """``out``: the channel is a filter (conv out-channel, linear out-feature) of this layer.
@@ -115,11 +116,6 @@ def _role_of(layer: object, handler: object, graph: tp.DependencyGraph) -> Role 
     return channel_direction(layer, handler, graph)
 
 
-def module_name(graph: tp.DependencyGraph, layer: object) -> str:
-    """The module's dotted name in the traced model (its class name if the graph does not know it)."""
-    return graph._module2name.get(layer) or type(layer).__name__
-
-
 def channel_slices(group: tp.dependency.Group) -> list[ChannelSlice]:
     """Every member of ``group`` that owns per-channel weights, as :class:`ChannelSlice` objects.
 
@@ -127,7 +123,7 @@ def channel_slices(group: tp.dependency.Group) -> list[ChannelSlice]:
     Torch-Pruning produces for some reshapes) are dropped, as Torch-Pruning's own criteria do, and so are
     members whose indices exceed their layer's channels (an inconsistent mapping through a split).
     """
-    graph = group._DG
+    graph = graph_of(group)
     slices: list[ChannelSlice] = []
     seen: set[tuple[int, Role]] = set()
     for item in group:

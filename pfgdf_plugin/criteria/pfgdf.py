@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 import torch_pruning as tp
 
-from .channels import (
+from pfgdf_plugin.criteria.channels import (
     REDUCTIONS,
     ChannelSlice,
     Reduction,

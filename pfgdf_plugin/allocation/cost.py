@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.utils import op_counter
 
-from ..layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
-from .plan import Plan, ScoredGroup
+from pfgdf_plugin.allocation.plan import Plan, ScoredGroup
+from pfgdf_plugin.models.layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
 
 
 def _counted_units(model: nn.Module) -> list[nn.Module]:

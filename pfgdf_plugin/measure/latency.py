@@ -28,8 +28,9 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
-from .. import _io
-from .. import _validate as check
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
+from pfgdf_plugin._util.modes import eval_mode
 
 SCHEMA = "pfgdf-latency-benchmark/1"
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "pytorch")
@@ -316,7 +317,7 @@ def benchmark_latency(
 
     Returns:
         A :class:`BenchmarkResult`; MACs come from the ``pfgdf.macs`` metadata that
-        :func:`~pfgdf_plugin.pipeline.export.export_onnx` stores (``tp.utils.count_ops_and_params``) and, for
+        :func:`~pfgdf_plugin.deploy.export.export_onnx` stores (``tp.utils.count_ops_and_params``) and, for
         PyTorch modules, from ``tp.utils.count_ops_and_params`` directly.
 
     Raises:
@@ -326,8 +327,8 @@ def benchmark_latency(
 
     Example:
         >>> import tempfile, os
-        >>> from pfgdf_plugin.zoo import CifarVGG
-        >>> from pfgdf_plugin.pipeline.export import export_onnx
+        >>> from pfgdf_plugin.models.zoo import CifarVGG
+        >>> from pfgdf_plugin.deploy.export import export_onnx
         >>> path = export_onnx(CifarVGG(), os.path.join(tempfile.mkdtemp(), "vgg.onnx"), (3, 32, 32)).path
         >>> result = benchmark_latency([path], threads=(1,), runs=5, warmup=1)
         >>> result.measurement("vgg", 1).median_ms > 0
@@ -455,7 +456,7 @@ def _round(
     with contextlib.ExitStack() as stack:
         for k in keys:
             if k[1] == "pytorch":
-                stack.enter_context(check.eval_mode(torch_models[k[0]]))
+                stack.enter_context(eval_mode(torch_models[k[0]]))
         for k in keys:
             for _ in range(warmup):
                 calls[k]()
@@ -495,7 +496,7 @@ def _compare(measurements: list[Measurement], variants: list[Variant], baseline:
 
 
 def _named_files(models: object, baseline: object) -> dict[str, tuple[Path, bool]]:
-    from .export import _input_file
+    from pfgdf_plugin.deploy.export import _input_file
 
     if isinstance(models, (str, os.PathLike)):
         models = [models]
@@ -524,7 +525,7 @@ def _named_files(models: object, baseline: object) -> dict[str, tuple[Path, bool
 
 def _load_variants(files: dict[str, tuple[Path, bool]], size: tuple[int, ...] | None
                    ) -> tuple[list[Variant], tuple[int, ...] | None]:
-    from .export import META_PREFIX
+    from pfgdf_plugin.deploy.export import META_PREFIX
 
     variants, shape, shape_from = [], size, "input_size"
     for name, (path, _) in files.items():
@@ -560,7 +561,7 @@ def _load_variants(files: dict[str, tuple[Path, bool]], size: tuple[int, ...] | 
 
 
 def _torch_variant(name: str, module: nn.Module, x: torch.Tensor) -> Variant:
-    with check.eval_mode(module), torch.no_grad():
+    with eval_mode(module), torch.no_grad():
         try:
             macs, params = tp.utils.count_ops_and_params(module, x)
         except Exception as err:
@@ -622,7 +623,7 @@ def _cpu_name() -> str:
 
 
 def recommended_round_to() -> int:
-    """A ``round_to`` for :func:`~pfgdf_plugin.pipeline.prune.prune` that keeps convs on ONNX Runtime's fast path here.
+    """A ``round_to`` for :func:`~pfgdf_plugin.pruning.api.prune` that keeps convs on ONNX Runtime's fast path here.
 
     On x86, ONNX Runtime runs convs in its blocked NCHWc layout: 16-channel blocks with AVX-512F, 8 without.
     A conv whose input channels are not a multiple of 4 leaves that path (plus layout reorders around it); other
@@ -648,7 +649,7 @@ def environment() -> dict[str, Any]:
     import onnx
     import onnxruntime
 
-    from .. import __version__
+    from pfgdf_plugin import __version__
 
     try:
         load = [round(v, 2) for v in os.getloadavg()]

@@ -1,4 +1,4 @@
-"""Which timm architectures :func:`~pfgdf_plugin.pipeline.prune.prune` handles: a measured sweep, one model per module.
+"""Which timm architectures :func:`~pfgdf_plugin.pruning.api.prune` handles: a measured sweep, one model per module.
 
 For every timm model module (``timm.list_modules()``) the sweep takes the smallest variant (fewest parameters),
 builds it with random weights (``torch.manual_seed(0)``, ``num_classes=10``), prunes it with
@@ -8,14 +8,14 @@ builds it with random weights (``torch.manual_seed(0)``, ``num_classes=10``), pr
 2. MACs drop by at least 20% (kept <= :data:`MACS_KEPT_LIMIT`), or the family has a documented, measured
    exception in :data:`MACS_EXCEPTIONS` (status ``exempt``);
 3. it exports to ONNX and ONNX Runtime's output matches PyTorch's: max abs error / max abs output
-   <= :data:`~pfgdf_plugin.pipeline.export.PARITY_TOLERANCE`;
+   <= :data:`~pfgdf_plugin.deploy.export.PARITY_TOLERANCE`;
 4. the plan is consistent (:func:`plan_problems`).
 
 Every model runs in its own Python process with a time and memory limit, so a hang, a crash or a memory blow-up
 costs one row, never the sweep. Statuses: ``ok`` and ``exempt`` pass; ``fail`` (every stage ran, a criterion is
 not met), ``exception`` (a stage raised, or the process died) and ``timeout`` do not.
 
-Command line: ``pfgdf coverage`` (:mod:`pfgdf_plugin.cli.coverage`), also ``python -m pfgdf_plugin.coverage``.
+Command line: ``pfgdf coverage`` (:mod:`pfgdf_plugin.cli.coverage`), also ``python -m pfgdf_plugin.studies.coverage``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _io
+from pfgdf_plugin._util import io as _io
 
 TARGET_MACS = 0.5
 # Criterion 2: pruning at TARGET_MACS must remove at least 20% of the MACs.
@@ -310,9 +310,9 @@ def _check_stages(row: CoverageRow, case: Case, target_macs: float, enter: Calla
     import timm
     import torch
 
-    from .models import default_input_size
-    from .pipeline.prune import TargetOutOfReachError, prune
-    from .pipeline.recover import recalibrate_bn
+    from pfgdf_plugin.models.timm import default_input_size
+    from pfgdf_plugin.pruning.api import TargetOutOfReachError, prune
+    from pfgdf_plugin.recovery.finetune import recalibrate_bn
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -425,7 +425,7 @@ def _spread(out: Any) -> float | None:
 
 def _export(row: CoverageRow, model: Any, size: tuple[int, ...]) -> str | None:
     """Export to ONNX and compare with PyTorch; the measured error is kept even above the tolerance."""
-    from .pipeline.export import PARITY_TOLERANCE, export_onnx
+    from pfgdf_plugin.deploy.export import PARITY_TOLERANCE, export_onnx
 
     errors = []
     with tempfile.TemporaryDirectory(prefix="pfgdf-coverage-") as tmp:
@@ -466,7 +466,7 @@ def _float64_error(model: Any, size: tuple[int, ...]) -> float:
 
 
 def plan_problems(result: Any, example_inputs: Any) -> list[str]:
-    """What is inconsistent between a :class:`~pfgdf_plugin.pipeline.prune.PruneResult` and its pruned model.
+    """What is inconsistent between a :class:`~pfgdf_plugin.pruning.api.PruneResult` and its pruned model.
 
     Checked: every group keeps between 1 and all of its channels; every reported layer exists in the pruned
     model with the reported channel counts, none grew, none fell to 0; every conv, linear and norm layer's
@@ -565,7 +565,7 @@ def _tensor_mismatch(m: Any) -> str | None:
 
 
 def _child_command(case: Case, target_macs: float) -> list[str]:
-    cmd = [sys.executable, "-m", "pfgdf_plugin.coverage", "--one", case.name, "--kind", case.kind,
+    cmd = [sys.executable, "-m", "pfgdf_plugin.studies.coverage", "--one", case.name, "--kind", case.kind,
            "--target-macs", repr(target_macs)]
     if case.input_size:
         cmd += ["--input-size", "x".join(map(str, case.input_size))]
@@ -608,7 +608,7 @@ def check_model(
         >>> row.status, row.macs_kept <= 0.8, row.onnx_error <= 1e-4
         ('ok', True, True)
     """
-    from . import _validate as check
+    from pfgdf_plugin._util import validate as check
 
     check.positive_float("timeout", timeout)
     check.integer("threads", threads, 1)
@@ -896,7 +896,7 @@ def _duration(seconds: float) -> str:
 def _environment() -> dict[str, Any]:
     import timm
 
-    from .pipeline.benchmark import environment
+    from pfgdf_plugin.measure.latency import environment
 
     env = environment()
     env["versions"]["timm"] = timm.__version__
@@ -944,7 +944,7 @@ def sweep(
     """
     from tqdm.auto import tqdm
 
-    from . import _validate as check
+    from pfgdf_plugin._util import validate as check
 
     jobs = check.integer("jobs", jobs, 1)
     threads = check.integer("threads", threads, 1)
@@ -997,7 +997,7 @@ def sweep(
 def _child_main(argv: Sequence[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m pfgdf_plugin.coverage --one")
+    p = argparse.ArgumentParser(prog="python -m pfgdf_plugin.studies.coverage --one")
     p.add_argument("--one", required=True)
     p.add_argument("--kind", choices=("module", "model"), default="model")
     p.add_argument("--target-macs", type=float, default=TARGET_MACS)
@@ -1018,11 +1018,11 @@ def _child_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pfgdf_plugin.coverage``: the same options as ``pfgdf coverage`` (and the child's ``--one``)."""
+    """``python -m pfgdf_plugin.studies.coverage``: ``pfgdf coverage``'s options (and the child's ``--one``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--one" in argv:
         return _child_main(argv)
-    from .cli.coverage import main as cli_main
+    from pfgdf_plugin.cli.coverage import main as cli_main
 
     return cli_main(argv)
 

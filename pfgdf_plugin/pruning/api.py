@@ -14,14 +14,15 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .. import _io
-from .. import _validate as check
-from ..criteria.pfgdf import PFGDFImportance
-from ..models import find_classifier
-from ..search import CostModel, ScoredGroup, bisect_threshold, make_plan
-from ..search.plan import Plan
-from . import graph
-from .graph import Importance
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.allocation import CostModel, ScoredGroup, bisect_threshold, make_plan
+from pfgdf_plugin.allocation.plan import Plan
+from pfgdf_plugin.criteria.pfgdf import PFGDFImportance
+from pfgdf_plugin.models.timm import find_classifier
+from pfgdf_plugin.pruning import groups as graph
+from pfgdf_plugin.pruning.groups import Importance
 
 # The search aims this close to the target so that the measured model lands well inside 1 point.
 _SEARCH_TOLERANCE = 0.0025
@@ -258,7 +259,7 @@ def prune(
     check.finite_parameters(model)
 
     if classifier == "auto":
-        with check.eval_mode(model):
+        with eval_mode(model):
             try:
                 head = find_classifier(model, example_inputs)
             except Exception as err:
@@ -270,12 +271,12 @@ def prune(
     ignored_names = {names[m]: why for m, why in ignored.items()}
     training = {n: m.training for n, m in model.named_modules()}
     marks = {"prepare": time.perf_counter() - start}
-    with check.eval_mode(model), warnings.catch_warnings(), graph.tolerant_index_mapping():
+    with eval_mode(model), warnings.catch_warnings(), graph.tolerant_index_mapping():
         # Torch-Pruning announces how it prunes bare nn.Parameters (ConvNeXt's gamma); the default is right.
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         job = _Job(model, example_inputs, min_channels, round_to, graph_timeout)
         work = copy.deepcopy(model)
-        with check.eval_mode(work):
+        with eval_mode(work):
             traced = graph.trace(work, example_inputs, ignored_names, importance, rank_by,
                                  original=model, timeout=graph_timeout, progress=progress)
         job.out_shape = traced.out_shape
@@ -439,7 +440,7 @@ class _Job:
         """Apply ``plan`` to ``model`` (a fresh copy of the original by default) and check it; the failure is
         returned, not raised, so the caller can heal."""
         work = copy.deepcopy(self.original) if model is None else model
-        with check.eval_mode(work):
+        with eval_mode(work):
             if dg is None:
                 dg = graph.build_graph(work, self.example_inputs, original=self.original, timeout=self.timeout)
             try:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from .. import _io
-from .. import _validate as check
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
 
 
 def _dist() -> tuple[int, int]:

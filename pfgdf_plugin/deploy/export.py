@@ -26,8 +26,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .. import _io
-from .. import _validate as check
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
+from pfgdf_plugin._util.modes import eval_mode
 
 # 18 is the opset the torch.export-based exporter emits natively (torchlib), so no version conversion pass
 # runs; ONNX Runtime Mobile, its NNAPI / CoreML partitioners and the QDQ quantizer (per-channel needs >= 13)
@@ -251,7 +252,7 @@ def export_onnx(
     The graph is checked with ``onnx.checker`` and run by ONNX Runtime (CPU) on ``parity_samples`` random
     inputs; the file is written (atomically) only if ``max |ort - torch| / max |torch| <= tolerance``.
     MACs and parameters (``tp.utils.count_ops_and_params``) and ``metadata`` are stored in the model's
-    ``metadata_props`` under ``pfgdf.*`` so that :func:`~pfgdf_plugin.pipeline.benchmark.benchmark_latency` can
+    ``metadata_props`` under ``pfgdf.*`` so that :func:`~pfgdf_plugin.measure.latency.benchmark_latency` can
     compare against them later.
 
     Args:
@@ -272,7 +273,7 @@ def export_onnx(
 
     Example:
         >>> import tempfile, os
-        >>> from pfgdf_plugin.zoo import CifarVGG
+        >>> from pfgdf_plugin.models.zoo import CifarVGG
         >>> out = export_onnx(CifarVGG(), os.path.join(tempfile.mkdtemp(), "vgg.onnx"), (3, 32, 32))
         >>> out.parity.passed, out.opset
         (True, 18)
@@ -290,7 +291,7 @@ def export_onnx(
 
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(parity_samples, *size, generator=generator)
-    with check.eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             raw = model(inputs)
         except Exception as err:  # the model's own message says what did not fit
@@ -343,7 +344,7 @@ def _float32_sensitivity(model: nn.Module, inputs: torch.Tensor, reference: list
     import copy
 
     double = copy.deepcopy(model).double()
-    with check.eval_mode(double), torch.no_grad():
+    with eval_mode(double), torch.no_grad():
         exact = _as_arrays(double(inputs.double()))
     err = max(float(np.abs(e - r).max()) for e, r in zip(exact, reference, strict=True))
     return err / max(max(float(np.abs(e).max()) for e in exact), 1e-30)
@@ -406,7 +407,7 @@ def export_ort(
 
     Example:
         >>> import tempfile, os
-        >>> from pfgdf_plugin.zoo import CifarVGG
+        >>> from pfgdf_plugin.models.zoo import CifarVGG
         >>> d = tempfile.mkdtemp()
         >>> onnx_file = export_onnx(CifarVGG(), os.path.join(d, "vgg.onnx"), (3, 32, 32)).path
         >>> ort_file = export_ort(onnx_file)
@@ -454,7 +455,7 @@ def export_ort(
         ort_session = _session(str(staged_ort))
         got = _concat([_run(ort_session, inputs[i : i + 1]) for i in range(parity_samples)])
         if reference is not None:
-            with check.eval_mode(reference), torch.no_grad():
+            with eval_mode(reference), torch.no_grad():
                 expected = _as_arrays(reference(torch.from_numpy(inputs)))
             ref_name = "pytorch"
         else:
@@ -592,7 +593,7 @@ def quantize_int8(
 
     Example:
         >>> import tempfile, os
-        >>> from pfgdf_plugin.zoo import CifarVGG
+        >>> from pfgdf_plugin.models.zoo import CifarVGG
         >>> d = tempfile.mkdtemp()
         >>> src = export_onnx(CifarVGG(), os.path.join(d, "vgg.onnx"), (3, 32, 32)).path
         >>> q = quantize_int8(src, os.path.join(d, "vgg.int8.onnx"), "digits", num_batches=1)
@@ -686,7 +687,7 @@ def quantize_int8(
 def _calibration_images(
     calibration: object, shape: tuple[int, ...], batch_size: int, num_batches: int, seed: int
 ) -> tuple[np.ndarray, str]:
-    from ..data import calibration_loader, fit_images
+    from pfgdf_plugin.data import calibration_loader, fit_images
 
     if isinstance(calibration, torch.Tensor):
         if calibration.ndim != 4:

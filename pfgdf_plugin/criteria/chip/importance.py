@@ -48,9 +48,16 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .. import _validate as check
-from ..layers import NORM_TYPES, WEIGHTED_TYPES, is_depthwise
-from .channels import REDUCTIONS, ChannelSlice, Reduction, channel_slices, module_name, reduce_to_group
+from pfgdf_plugin._compat.torch_pruning import graph_of, module_name
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.criteria.channels import (
+    REDUCTIONS,
+    ChannelSlice,
+    Reduction,
+    channel_slices,
+    reduce_to_group,
+)
+from pfgdf_plugin.models.layers import NORM_TYPES, WEIGHTED_TYPES, is_depthwise
 
 Feature = Literal["output", "input", "norm"]
 FEATURES: tuple[str, ...] = ("output", "input", "norm")
@@ -563,7 +570,7 @@ class CHIPImportance(tp.importance.Importance):
                     if isinstance(module, WEIGHTED_TYPES):
                         handles.append(module.register_forward_pre_hook(_bind(session.check_input, name, module)))
             self._session = session
-            with torch.no_grad(), check.eval_mode(model):
+            with torch.no_grad(), eval_mode(model):
                 yield self
         finally:
             for handle in handles:
@@ -633,7 +640,7 @@ class CHIPImportance(tp.importance.Importance):
         else:
             chosen = [s for s in slices if s.role == "norm"]
             if not chosen and slices:
-                root = module_name(group._DG, group[0].dep.target.module)
+                root = module_name(graph_of(group), group[0].dep.target.module)
                 raise ValueError(
                     f"feature='norm': the group of layer {root!r} has no affine norm layer; "
                     "use feature='input' or 'output'"
@@ -655,7 +662,7 @@ class CHIPImportance(tp.importance.Importance):
             raise RuntimeError("score the model after the calibrate() block has ended")
         if self._stats is None:
             raise ValueError(self._not_calibrated())
-        self._check_model(group._DG)
+        self._check_model(graph_of(group))
         members = self.members(group)
         if not members:
             return None

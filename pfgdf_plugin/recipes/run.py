@@ -32,18 +32,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .. import _io
-from ..criteria import STATISTICS, CHIPImportance, PFGDFImportance
-from ..data import BUILTIN, load_dataset, split
-from ..models import create_model
-from ..zoo import CifarResNet, CifarVGG
-from .benchmark import benchmark_latency, recommended_round_to
-from .export import export_onnx, export_ort, quantize_int8
-from .prune import PruneResult, prune
-from .recover import FinetuneConfig, evaluate, finetune, recalibrate_bn
-from .serialize import load_pruned_with_metadata, save_pruned
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin.criteria import STATISTICS, CHIPImportance, PFGDFImportance
+from pfgdf_plugin.data import BUILTIN, load_dataset, split
+from pfgdf_plugin.deploy.export import export_onnx, export_ort, quantize_int8
+from pfgdf_plugin.measure.latency import benchmark_latency, recommended_round_to
+from pfgdf_plugin.models.saved import load_pruned_with_metadata, save_pruned
+from pfgdf_plugin.models.timm import create_model
+from pfgdf_plugin.models.zoo import CifarResNet, CifarVGG
+from pfgdf_plugin.pruning.api import PruneResult, prune
+from pfgdf_plugin.recovery.finetune import FinetuneConfig, evaluate, finetune, recalibrate_bn
 
-# Networks of pfgdf_plugin.zoo by recipe name (timm has no CIFAR-style 32x32 ResNets or VGG).
+# Networks of pfgdf_plugin.models.zoo by recipe name (timm has no CIFAR-style 32x32 ResNets or VGG).
 ZOO_MODELS: dict[str, Callable[..., nn.Module]] = {
     **{f"cifar_resnet{d}": partial(CifarResNet, depth=d) for d in (20, 32, 44, 56, 110)},
     "cifar_vgg16": CifarVGG,
@@ -146,7 +146,7 @@ class ModelSpec:
 
     ``num_classes`` defaults to the data's label count, ``in_chans`` to the input size's channels. ``kwargs`` go
     to ``timm.create_model`` (e.g. ``img_size``, ``patch_size``) or the zoo constructor. ``checkpoint`` is a file
-    written by :func:`~pfgdf_plugin.pipeline.serialize.save_pruned` (the whole model; unpickled, so trusted files
+    written by :func:`~pfgdf_plugin.models.saved.save_pruned` (the whole model; unpickled, so trusted files
     only) or a plain ``state_dict`` (bare, or under a ``"state_dict"`` / ``"model"`` key) for the named model.
     """
 
@@ -231,7 +231,7 @@ class PruneSpec:
 
     ``statistic`` is PFGDF's per-filter statistic; ``round_to`` a channel multiple, ``"auto"`` (ONNX Runtime's
     fast conv block on this CPU) or ``None`` (exact); ``calib_batches`` the training batches CHIP calibrates on.
-    Attention blocks always lose whole heads (see :func:`~pfgdf_plugin.pipeline.prune.prune`).
+    Attention blocks always lose whole heads (see :func:`~pfgdf_plugin.pruning.api.prune`).
     """
 
     method: str = "pfgdf"

@@ -1,4 +1,4 @@
-"""The dependency graph of one model copy, for :func:`~pfgdf_plugin.pipeline.prune.prune`.
+"""The dependency graph of one model copy, for :func:`~pfgdf_plugin.pruning.api.prune`.
 
 Build it under a time budget, list its groups one root at a time (a group Torch-Pruning cannot build, or whose
 search runs away, is left alone and reported instead of failing the model), score them, apply a plan, check
@@ -19,14 +19,15 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
-from .. import _validate as check
-from .._budget import BudgetExceeded, checked_calls, time_budget
-from ..attention import find_heads, update_heads
-from ..criteria.channels import channel_direction, module_name
-from ..layers import WEIGHTED_TYPES, find_gated
-from ..models import _forward
-from ..search import ScoredGroup
-from ..search.plan import expand_positions, pruned_positions
+from pfgdf_plugin._compat.torch_pruning import module_name
+from pfgdf_plugin._util.budget import BudgetExceeded, checked_calls, time_budget
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.allocation import ScoredGroup
+from pfgdf_plugin.allocation.plan import expand_positions, pruned_positions
+from pfgdf_plugin.criteria.channels import channel_direction
+from pfgdf_plugin.models.layers import WEIGHTED_TYPES, find_gated
+from pfgdf_plugin.models.timm import _forward
+from pfgdf_plugin.pruning.attention import find_heads, update_heads
 
 Importance = Callable[[tp.dependency.Group], torch.Tensor | None]
 Shapes = object  # nested tuples of torch.Size, mirroring the model's output structure
@@ -114,7 +115,7 @@ def build_graph(
         raise _timeout_error(original, timeout, "building") from None
     except Exception as err:
         try:
-            with check.eval_mode(original), torch.no_grad():
+            with eval_mode(original), torch.no_grad():
                 _forward(original, example_inputs)
         except Exception as forward_err:
             raise input_error(example_inputs, forward_err) from forward_err
@@ -458,7 +459,7 @@ def find_inconsistent(
     good: list[int] = []
     pending = [i for i, cut in enumerate(trial) if cut]
     bar = tqdm(total=len(pending), desc="checking groups", disable=not progress, file=sys.stderr, leave=False)
-    with check.eval_mode(model):
+    with eval_mode(model):
         while pending:
             work = copy.deepcopy(model)
             graph = build_graph(work, example_inputs, original=model, timeout=timeout)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import _io
+from pfgdf_plugin._util import io as _io
 
 FORMAT = "pfgdf-pruned-model"
 FORMAT_VERSION = 1

@@ -1,0 +1,1 @@
+"""Small shared utilities with no pruning knowledge: atomic files, argument validation, time budgets."""

@@ -1,0 +1,115 @@
+"""Criteria by name, and the one calibration loop every caller (CLI, recipes, the comparison) uses.
+
+Adding a criterion: write its class in ``criteria/`` and add one line to ``CRITERIA`` below.
+
+Example:
+    >>> imp = build("pfgdf-l1")
+    >>> imp.importance
+    PFGDFImportance(statistic='l1', group_reduction='mean')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from pfgdf_plugin._util import validate
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.criteria.chip import CHIPImportance
+from pfgdf_plugin.criteria.pfgdf import PFGDFImportance
+
+Importance = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A criterion ready for ``prune()``: ``importance`` sets the per-group counts, ``rank_by`` (or ``None``)
+    chooses the channels."""
+
+    importance: Importance
+    rank_by: Importance | None = None
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One named criterion: how to build it, what it is, and what it needs before scoring."""
+
+    name: str
+    build: Callable[[], Built]
+    description: str
+    needs_calibration: bool = False
+    needs_gradients: bool = False
+
+
+def _pfgdf(statistic: str) -> Callable[[], Built]:
+    return lambda: Built(PFGDFImportance(statistic=statistic))  # type: ignore[arg-type]
+
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("pfgdf-l1", _pfgdf("l1"), "PFGDF z-scores (L1 statistic)"),
+        Criterion("pfgdf-l2", _pfgdf("l2"), "PFGDF z-scores (L2 statistic)"),
+        Criterion("pfgdf-mean", _pfgdf("mean"), "PFGDF z-scores (mean statistic)"),
+        Criterion("chip", lambda: Built(CHIPImportance()), "CHIP channel independence, per-layer mean "
+                  "normalisation", needs_calibration=True),
+    )
+}
+"""Name -> criterion. The comparison study registers Torch-Pruning's own criteria next to these."""
+
+
+def build(name: str) -> Built:
+    """The criterion registered as ``name``; an unknown name raises naming the registered ones."""
+    validate.one_of("criterion", name, tuple(CRITERIA))
+    return CRITERIA[name].build()
+
+
+def _images(batch: object) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (list, tuple)) else batch  # type: ignore[return-value]
+
+
+def calibrate(
+    importances: Iterable[object],
+    model: nn.Module,
+    batches: Iterable[object],
+    *,
+    num_batches: int | None = None,
+    progress: bool = False,
+    description: str = "calibrating CHIP",
+) -> int:
+    """Run ``model`` on ``batches`` (tensors, or ``(images, labels)`` pairs) once for every importance that
+    calibrates (has a ``calibrate(model)`` context, as ``CHIPImportance`` does); others are skipped.
+
+    Returns the number of batches run (0 when nothing needed calibration). The model runs in eval mode without
+    gradients, and every module's training flag is restored afterwards.
+
+    Example:
+        >>> import timm
+        >>> model = timm.create_model("resnet10t", num_classes=10)
+        >>> chip = CHIPImportance()
+        >>> calibrate([chip], model, [torch.randn(2, 3, 32, 32)])
+        1
+    """
+    needing = [imp for imp in importances if callable(getattr(imp, "calibrate", None))]
+    if not needing:
+        return 0
+    if num_batches is not None:
+        validate.integer("num_batches", num_batches, 1)
+        batches = itertools.islice(batches, num_batches)
+    count = 0
+    with eval_mode(model), torch.no_grad(), contextlib.ExitStack() as stack:
+        for imp in needing:
+            stack.enter_context(imp.calibrate(model))  # type: ignore[attr-defined]
+        for batch in tqdm(batches, desc=description, total=num_batches, unit="batch", disable=not progress,
+                          file=sys.stderr, leave=False):
+            model(_images(batch))
+            count += 1
+    return count

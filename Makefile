@@ -19,10 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pfgdf demo --output-dir demo-out
 
-## The default test suite (what .ci/run calls): lint, then every test not marked slow.
+## The default test suite (what .ci/run calls): lint, then every test not marked slow and every docstring example.
 test: $(STAMP)
 	$(PY) -m ruff check pfgdf_plugin tests examples docs/hooks
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --doctest-modules pfgdf_plugin tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

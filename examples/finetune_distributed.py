@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from pfgdf_plugin._util.io import write_text
 from pfgdf_plugin.data import load_dataset, split
-from pfgdf_plugin.recovery.finetune import FinetuneConfig, finetune, train_loader
+from pfgdf_plugin.recovery import FinetuneConfig, finetune, train_loader
 
 
 def main() -> None:

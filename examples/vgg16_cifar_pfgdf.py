@@ -34,11 +34,11 @@ import torch.nn as nn
 from pfgdf_plugin import prune
 from pfgdf_plugin._util.io import write_text
 from pfgdf_plugin.data import load_dataset
-from pfgdf_plugin.deploy.export import export_onnx, export_ort, quantize_int8
+from pfgdf_plugin.deploy import export_onnx, export_ort, quantize_int8
 from pfgdf_plugin.measure.latency import benchmark_latency
 from pfgdf_plugin.models.zoo import VGG16_CFG, CifarVGG
-from pfgdf_plugin.pruning.api import PruneResult
-from pfgdf_plugin.recovery.finetune import recalibrate_bn
+from pfgdf_plugin.pruning.result import PruneResult
+from pfgdf_plugin.recovery import recalibrate_bn
 
 PAPER = {"filters_removed": 0.6662, "params_reduction": 0.90, "latency_reduction": 0.8373}
 SIZE = (3, 32, 32)

@@ -96,7 +96,7 @@ def load_dataset(
         ValueError: for an unknown source name, an empty folder, or a malformed tensor file.
         FileNotFoundError: for a path that does not exist.
 
-    Example:
+    Examples:
         >>> ds = load_dataset("digits", (3, 32, 32), limit=8)
         >>> tuple(ds.tensors[0].shape), tuple(ds.tensors[1].shape)
         ((8, 3, 32, 32), (8,))

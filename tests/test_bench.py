@@ -11,8 +11,9 @@ import torch_pruning as tp
 
 from pfgdf_plugin import prune
 from pfgdf_plugin.cli import main
-from pfgdf_plugin.deploy.export import export_onnx
-from pfgdf_plugin.measure.latency import SCHEMA, benchmark_latency
+from pfgdf_plugin.deploy.onnx import export_onnx
+from pfgdf_plugin.measure.latency import benchmark_latency
+from pfgdf_plugin.measure.result import SCHEMA
 from pfgdf_plugin.models.zoo import CifarVGG
 
 CFG = (16, "M", 32, "M", 64)
@@ -187,8 +188,8 @@ def test_cli_bench_errors(models, tmp_path, capsys):
         assert match in capsys.readouterr().err
 
     fails(model, "--report", model, match="overwrite an input")
-    fails(model, "--plot", str(tmp_path / "b.jpg"), match="--plot must end in .png")
-    fails(model, "--report", str(tmp_path / "same"), "--markdown", str(tmp_path / "same"), match="different files")
+    fails(model, "--plot", str(tmp_path / "b.jpg"), match="--plot must be a file path ending in .png")
+    fails(model, "--report", str(tmp_path / "same"), "--markdown", str(tmp_path / "same"), match="same file")
     fails(str(tmp_path / "missing.onnx"), match="no file")
     fails(model, "--threads", "0", match="--threads")
     fails(model, "--runs", "0", match="--runs")

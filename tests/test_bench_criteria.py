@@ -51,4 +51,4 @@ def test_bad_target_is_rejected(capsys):
         assert exc.code == 2
     else:
         raise AssertionError("--targets 1.5 was accepted")
-    assert "--targets must be in (0, 1)" in capsys.readouterr().err
+    assert "--targets must be a number in (0, 1)" in capsys.readouterr().err

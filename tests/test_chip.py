@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from pfgdf_plugin import CHIPImportance, prune
-from pfgdf_plugin.criteria.chip.importance import LayerStats, channel_independence
+from pfgdf_plugin.criteria.chip import LayerStats, channel_independence
 from tests.conftest import state_hash
 
 # ---------------------------------------------------------------------------------------------------------

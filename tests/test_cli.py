@@ -51,11 +51,16 @@ def test_unknown_model_lists_close_matches(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--alpha", "0"], "expected a finite number > 0"),
-    (["--target-macs", "1.5"], r"expected a fraction to keep in \(0, 1\]"),
+    (["--alpha", "0"], "--alpha must be a finite number > 0"),
+    (["--target-macs", "1.5"], r"--target-macs must be a number in \(0, 1\]"),
     (["--alpha", "1", "--target-macs", "0.5"], "not allowed with argument"),
     (["--alpha", "1", "--statistic", "l3"], "invalid choice: 'l3'"),
-    (["--alpha", "1", "--input-size", "0x5"], "expected SIZE, HxW or CxHxW"),
+    (["--alpha", "1", "--input-size", "0x5"], "--input-size must be SIZE, HxW or CxHxW"),
+    (["--alpha", "1", "--input-size", "100000"], "--input-size must be at most 4096 channels and 8192 pixels"),
+    (["--alpha", "1", "--num-classes", "0"], "--num-classes must be an integer >= 1, got 0"),
+    (["--alpha", "1", "--num-classes", "-5"], "--num-classes must be an integer >= 1, got -5"),
+    (["--alpha", "1", "--in-chans", "0"], r"--in-chans must be an integer in \[1, 4096\], got 0"),
+    (["--alpha", "1", "--seed", "-1"], "--seed must be an integer >= 0"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
@@ -104,7 +109,7 @@ def test_demo_runs_the_pipeline_on_real_data(tmp_path, capsys):
 
 
 def test_round_to_auto_uses_the_recommended_multiple(tmp_path, capsys):
-    from pfgdf_plugin.measure.latency import recommended_round_to
+    from pfgdf_plugin.measure.platform import recommended_round_to
 
     report = tmp_path / "r.json"
     assert main(["prune", "--model", "resnet18", "--input-size", "32", "--alpha", "1", "--round-to", "auto",

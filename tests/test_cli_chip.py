@@ -47,4 +47,4 @@ def test_calib_batches_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--model", "resnet18", "--alpha", "1", "--output", str(tmp_path / "x.pt"),
               "--method", "chip", "--calib-data", "digits", "--calib-batches", "0"])
-    assert "expected an integer >= 1" in capsys.readouterr().err
+    assert "--calib-batches must be an integer >= 1" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``pfgdf coverage``: the fast subset meets all four criteria; variant choice, isolation, plan checks, arguments.
 
 The subcommand is driven through a parser built here with the module's own ``add_parser``, so these tests do
-not depend on its registration in ``pfgdf_plugin.cli.COMMANDS``.
+not depend on its registration in ``pfgdf_plugin.cli.COMMANDS``; only the exit status goes through ``pfgdf``'s
+own entry point.
 """
 
 import argparse
@@ -13,7 +14,8 @@ import torch
 
 from pfgdf_plugin import prune
 from pfgdf_plugin.cli import coverage as cli_coverage
-from pfgdf_plugin.deploy.export import PARITY_TOLERANCE
+from pfgdf_plugin.cli import main as pfgdf_main
+from pfgdf_plugin.deploy.parity import PARITY_TOLERANCE
 from pfgdf_plugin.studies import coverage
 
 
@@ -137,7 +139,7 @@ def test_report_page_and_json_round_trip(tmp_path):
     assert summary.startswith("coverage: 1/3 passed") and "timeout   vgg/vgg11" in summary
     report.to_json(tmp_path / "c.json")
     again = coverage.CoverageReport.from_json(tmp_path / "c.json")
-    assert again.to_markdown() == page and again.rows == coverage._by_family(rows)
+    assert again.to_markdown() == page and again.rows == coverage.by_family(rows)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +160,7 @@ def test_bad_arguments_are_named(argv, match, tmp_path):
 
 
 def test_bad_arguments_exit_with_2(capsys):
-    assert cli_coverage.main(["resnett"]) == 2
+    assert pfgdf_main(["coverage", "resnett"]) == 2
     assert "pfgdf coverage: error: unknown timm module 'resnett'" in capsys.readouterr().err
 
 

@@ -15,18 +15,13 @@ import torch_pruning as tp
 from pfgdf_plugin import prune, save_pruned
 from pfgdf_plugin.cli import main
 from pfgdf_plugin.data import load_dataset
-from pfgdf_plugin.deploy.export import (
-    INT8_AGREEMENT_THRESHOLD,
-    PARITY_TOLERANCE,
-    ParityError,
-    export_onnx,
-    export_ort,
-    quantize_int8,
-    read_model_metadata,
-)
+from pfgdf_plugin.deploy.int8 import INT8_AGREEMENT_THRESHOLD, quantize_int8
+from pfgdf_plugin.deploy.onnx import export_onnx, read_model_metadata
+from pfgdf_plugin.deploy.ort import export_ort
+from pfgdf_plugin.deploy.parity import PARITY_TOLERANCE, ParityError
 from pfgdf_plugin.models.timm import create_model
 from pfgdf_plugin.models.zoo import CifarVGG
-from pfgdf_plugin.recovery.finetune import recalibrate_bn
+from pfgdf_plugin.recovery import recalibrate_bn
 
 SIZE = (3, 64, 64)
 SMALL_VGG = (16, "M", 32, "M", 64)
@@ -194,7 +189,7 @@ def test_export_onnx_bad_arguments_leave_file_untouched(tmp_path, kwargs, match)
 
 
 def test_export_onnx_bad_paths(tmp_path):
-    with pytest.raises(ValueError, match=r"must end in \.onnx"):
+    with pytest.raises(ValueError, match=r"ending in \.onnx"):
         export_onnx(CifarVGG(SMALL_VGG), tmp_path / "model.onx", (3, 32, 32))
     (tmp_path / "dir.onnx").mkdir()
     with pytest.raises(ValueError, match="is a directory"):
@@ -297,3 +292,34 @@ def test_cli_export_errors(pruned_file, tmp_path, capsys):
     assert (clash / "model.onnx").read_bytes() == pruned_file.read_bytes()
     no_size = save_pruned(CifarVGG(SMALL_VGG), tmp_path / "nosize.pt")
     fails(str(no_size), "--output-dir", str(out), match="--input-size")
+
+
+def test_export_bundle_library_call(tmp_path):
+    from pfgdf_plugin.deploy import BundleConfig, export_bundle
+    from pfgdf_plugin.deploy.report import bundle_table
+
+    path = save_pruned(CifarVGG(SMALL_VGG), tmp_path / "vgg.pt", metadata={"input_size": [3, 32, 32]})
+    with pytest.raises(ValueError, match="calib_batches must be an integer >= 1"):
+        export_bundle(path, tmp_path / "out", BundleConfig(calibration="digits", calib_batches=0))
+    with pytest.raises(ValueError, match="input_size 1x32x32: the model cannot run"):
+        export_bundle(path, tmp_path / "out", BundleConfig(input_size=(1, 32, 32)))
+    assert not (tmp_path / "out").exists()
+    result = export_bundle(path, tmp_path / "out", BundleConfig(baseline=False))
+    assert result.onnx.parity.passed and result.original is None and result.baseline_note is None
+    assert json.loads(result.report_path.read_text()) == json.loads(json.dumps(result.to_dict(), default=str))
+    assert str(result.onnx.path) in bundle_table(result)
+
+
+def test_create_session_options(resnet):
+    from pfgdf_plugin.deploy.session import create_session
+
+    session = create_session(resnet.onnx["pruned"].path, threads=2, inter_op_threads=1, spinning=False,
+                             optimization_level="basic", disabled_optimizers=["NchwcTransformer"])
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(ValueError, match="optimization_level"):
+        create_session(resnet.onnx["pruned"].path, optimization_level="max")
+    with pytest.raises(ValueError, match="cannot load"):
+        create_session(b"not a model")

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from pfgdf_plugin import prune
 from pfgdf_plugin._util.budget import BudgetExceeded, time_budget
-from pfgdf_plugin.pruning.groups import GraphTimeoutError
+from pfgdf_plugin.pruning.errors import GraphTimeoutError
 from tests.conftest import state_hash
 
 

@@ -178,12 +178,12 @@ def _nan_model():
 
 
 BAD_INPUTS = [
-    ({"alpha": 0.0}, "alpha must be > 0"),
-    ({"alpha": -1.0}, "alpha must be > 0"),
+    ({"alpha": 0.0}, "alpha must be a finite number > 0"),
+    ({"alpha": -1.0}, "alpha must be a finite number > 0"),
     ({"alpha": math.nan}, "alpha must be a finite number"),
     ({"alpha": math.inf}, "alpha must be a finite number"),
-    ({"target_macs": 0.0}, r"target_macs must be in \(0, 1\]"),
-    ({"target_macs": 1.5}, r"target_macs must be in \(0, 1\]"),
+    ({"target_macs": 0.0}, r"target_macs must be a number in \(0, 1\]"),
+    ({"target_macs": 1.5}, r"target_macs must be a number in \(0, 1\]"),
     ({"target_params": math.nan}, r"target_params must be a number in \(0, 1\]"),
     ({}, "give exactly one of alpha, target_macs, target_params"),
     ({"alpha": 1.0, "target_macs": 0.5}, r"give exactly one .* \(got alpha, target_macs\)"),
@@ -237,3 +237,23 @@ def test_inplace_replays_the_corrected_plan_on_the_model_itself():
     assert result.macs_after == copy_result.macs_after
     assert [g.channels_after for g in result.groups] == [g.channels_after for g in copy_result.groups]
     assert model(x).shape == (1, 10)
+
+
+def test_gradient_criteria_see_the_callers_gradients():
+    """Taylor importance reads ``.grad``: prune() scores on a copy, which must carry the gradients over."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4))
+    x = torch.randn(4, 3, 8, 8)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    taylor = tp.importance.TaylorImportance(normalizer=None)
+    result = prune(model, x[:1], alpha=float(np.median(taylor(_first_group(model, x)).numpy())),
+                   importance=taylor)
+    assert result.macs_after < result.macs_before
+    assert all(p.grad is not None for p in model.parameters())  # the caller's gradients are untouched
+
+
+def _first_group(model, x):
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    return graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(16)))

@@ -13,7 +13,7 @@ import yaml
 
 from pfgdf_plugin.cli import run as run_cli
 from pfgdf_plugin.models.zoo import CifarResNet
-from pfgdf_plugin.recipes.run import Recipe, apply_overrides, run_job
+from pfgdf_plugin.recipes import Recipe, apply_overrides, run_job
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,9 +50,10 @@ def test_unknown_keys_are_named_with_their_path(data, message):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"prune": {"target_macs": 1.5}}, r"^recipe: prune\.target_macs must be in \(0, 1\], got 1\.5$"),
+    ({"prune": {"target_macs": 1.5}},
+     r"^recipe: prune\.target_macs must be a number in \(0, 1\] \(the fraction to keep\), got 1\.5$"),
     ({"prune": {"target_macs": 0.5, "alpha": 1.0}}, r"exactly one of target_macs, target_params and alpha"),
-    ({"prune": {"method": "l1"}}, r"recipe: prune\.method must be one of 'pfgdf', 'chip', got 'l1'"),
+    ({"prune": {"method": "l1"}}, r"recipe: prune\.method must be one of 'pfgdf', 'chip'; got 'l1'"),
     ({"prune": {"round_to": "fast"}}, r"recipe: prune\.round_to must be an integer >= 1, 'auto' or null"),
     ({"prune": {"statistic": "l3"}}, r"recipe: prune\.statistic must be one of"),
     ({"train": {"epochs": -1}}, r"recipe: train\.epochs must be an integer >= 0, got -1"),
@@ -62,14 +63,14 @@ def test_unknown_keys_are_named_with_their_path(data, message):
     ({"model": {"name": "resnet1"}}, r"recipe: model\.name 'resnet1' is neither a timm model .*resnet18"),
     ({"model": {"kwargs": {"num_classes": 3}}}, r"recipe: model\.kwargs may not set num_classes"),
     ({"model": {"in_chans": 3}, "input_size": [1, 8, 8]}, r"model\.in_chans is 3 but input_size has 1 channels"),
-    ({"input_size": "0x5"}, r"recipe: input_size must be SIZE, \[H, W\] or \[C, H, W\]"),
+    ({"input_size": "0x5"}, r"recipe: input_size must be SIZE, HxW or CxHxW \(or \[H, W\], \[C, H, W\]\)"),
     ({"recover": {"distill": "yes"}}, r"recipe: recover\.distill must be true or false, got 'yes'"),
-    ({"recover": {"distill_weight": 0}}, r"recipe: recover\.distill_weight must be in \(0, 1\]"),
+    ({"recover": {"distill_weight": 0}}, r"recipe: recover\.distill_weight must be a number in \(0, 1\]"),
     ({"export": {"onnx": False}}, r"recipe: benchmark\.runs > 0 needs export\.onnx: true"),
     ({"export": {"int8": True, "onnx": False}}, r"recipe: export\.int8 needs export\.onnx: true"),
     ({"benchmark": {"threads": []}}, r"recipe: benchmark\.threads must be a thread count or a non-empty list"),
     ({"data": "digits"}, r"recipe: data must be a mapping of keys"),
-    ({"data": {"train_fraction": 1.0}}, r"recipe: data\.train_fraction must be in \(0, 1\), got 1\.0"),
+    ({"data": {"train_fraction": 1.0}}, r"recipe: data\.train_fraction must be a number in \(0, 1\), got 1\.0"),
 ])
 def test_bad_values_name_the_key_path(data, message):
     with pytest.raises(ValueError, match=message):
@@ -98,7 +99,7 @@ def test_overrides_are_yaml_values_at_a_key_path():
 def test_cli_errors_stop_before_anything_is_written(tmp_path):
     out = tmp_path / "out"
     bad = write_recipe(tmp_path / "bad.yaml", {"prune": {"target_macs": 1.5}})
-    with pytest.raises(ValueError, match=r"recipe: prune\.target_macs must be in \(0, 1\], got 1\.5"):
+    with pytest.raises(ValueError, match=r"recipe: prune\.target_macs must be a number in \(0, 1\] .*, got 1\.5"):
         pfgdf_run("--config", str(bad), "--output-dir", str(out))
     good = write_recipe(tmp_path / "good.yaml", {"input_size": [1, 8, 8], "output_dir": str(out)})
     with pytest.raises(ValueError, match=r"recipe: unknown key train\.epoch \(did you mean train\.epochs\?\)"):

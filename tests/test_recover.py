@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from pfgdf_plugin import prune
 from pfgdf_plugin.data import load_dataset, split
-from pfgdf_plugin.recovery.finetune import FinetuneConfig, evaluate, finetune, recalibrate_bn
+from pfgdf_plugin.recovery import FinetuneConfig, evaluate, finetune, recalibrate_bn
 
 
 def small_cnn() -> nn.Module:
@@ -134,7 +134,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(digits, tmp_path, m
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"config": FinetuneConfig(epochs=0)}, "epochs must be an integer >= 1"),
-    ({"config": FinetuneConfig(lr=0.0)}, "lr must be > 0"),
+    ({"config": FinetuneConfig(lr=0.0)}, "lr must be a finite number > 0"),
     ({"config": FinetuneConfig(distill_weight=0.5)}, "needs a teacher"),
     ({"resume": True}, "resume=True needs checkpoint_dir"),
 ])

@@ -2,7 +2,7 @@
 
 Part 1 (per shape): the same float32 non-negative feature maps ``[batch, C, HW]`` are scored by
 
-* ``fast``: :func:`pfgdf_plugin.criteria.chip.importance.channel_independence` on the whole batch (time / batch size);
+* ``fast``: `pfgdf_plugin.criteria.chip.math.channel_independence` on the whole batch (time / batch size);
 * ``reference``: the algorithm of the CHIP repository, re-implemented here: per sample and per channel, a copy
   of the stored batch with that channel's row zeroed and one nuclear norm (an SVD) of the sample, float32;
 * ``lean ref``: the same algorithm without the per-channel copy of the whole batch (only the sample is copied),
@@ -82,7 +82,7 @@ def median(values: list[float]) -> float:
 
 
 def time_shape(c: int, hw: int, batch: int, repeats: int, ref_samples: int, seed: int) -> dict:
-    from pfgdf_plugin.criteria.chip.importance import channel_independence
+    from pfgdf_plugin.criteria.chip.math import channel_independence
 
     gen = torch.Generator().manual_seed(seed)
     stored = torch.randn(batch, c, hw, generator=gen).clamp_(min=0)  # post-ReLU-like, float32

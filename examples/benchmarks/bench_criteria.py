@@ -1,6 +1,6 @@
 """Pruning criteria compared on one trained CNN: same MACs targets, same BN recalibration, same fine-tuning.
 
-A thin wrapper around :mod:`pfgdf_plugin.studies.compare` (also the ``pfgdf compare`` subcommand), kept for its
+A thin wrapper around `pfgdf_plugin.studies.compare` (also the ``pfgdf compare`` subcommand), kept for its
 flags: ``--output`` / ``--markdown`` / ``--plot`` name the files one by one instead of one output folder. What is
 compared, and how, is documented in that module.
 
@@ -16,13 +16,15 @@ import json
 import sys
 
 from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
 from pfgdf_plugin.studies.compare import CRITERIA, DATASETS, CompareConfig, compare, footer, plot, table
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", choices=DATASETS, default=None, help="default: mnist (digits with --quick)")
-    p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3], help="fractions of MACs to keep")
+    p.add_argument("--targets", type=check.argtype(check.fraction, "--targets", closed=False), nargs="+",
+                   default=[0.7, 0.5, 0.3], help="fractions of MACs to keep")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--criteria", nargs="+", choices=CRITERIA, default=list(CRITERIA))
     p.add_argument("--train-epochs", type=int, default=4)
@@ -46,9 +48,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.limit = args.limit or 600
         args.data = args.data or "digits"
     args.data = args.data or "mnist"
-    for t in args.targets:
-        if not 0 < t < 1:
-            p.error(f"--targets must be in (0, 1), got {t}")
     try:
         args.config = CompareConfig(
             data=args.data, targets=args.targets, seeds=args.seeds, criteria=args.criteria,

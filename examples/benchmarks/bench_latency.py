@@ -37,8 +37,9 @@ from vgg16_cifar_pfgdf import PAPER, filters_removed, prune_to_filter_fraction
 
 from pfgdf_plugin import prune
 from pfgdf_plugin._util.io import write_text
-from pfgdf_plugin.deploy.export import export_onnx
-from pfgdf_plugin.measure.latency import benchmark_latency, environment
+from pfgdf_plugin.deploy.onnx import export_onnx
+from pfgdf_plugin.measure.latency import benchmark_latency
+from pfgdf_plugin.measure.platform import environment
 from pfgdf_plugin.models.timm import create_model
 from pfgdf_plugin.models.zoo import VGG16_CFG, CifarVGG
 

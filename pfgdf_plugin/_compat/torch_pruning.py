@@ -2,12 +2,19 @@
 
 Torch-Pruning is pinned ``>=1.5,<1.7`` and 1.6 already reorganised its dependency module: whatever here stops
 matching breaks first on an upgrade, and ``tests/test_compat.py`` fails loudly naming it. Public API
-(``tp.DependencyGraph``, ``Group``'s iteration, ``tp.utils.count_ops_and_params``) is used directly elsewhere.
+(``tp.DependencyGraph``, iterating a ``Group``, ``tp.utils.count_ops_and_params``) is used directly elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.utils import op_counter
+
+from pfgdf_plugin._util.budget import checked_calls
 
 
 def graph_of(group: tp.dependency.Group) -> tp.DependencyGraph:
@@ -18,3 +25,56 @@ def graph_of(group: tp.dependency.Group) -> tp.DependencyGraph:
 def module_name(graph: tp.DependencyGraph, layer: object) -> str:
     """The module's dotted name in the traced model (its class name if the graph does not know it)."""
     return graph._module2name.get(layer) or type(layer).__name__
+
+
+def is_counted(module: nn.Module) -> bool:
+    """Whether Torch-Pruning's MACs counter counts ``module`` itself (and so hides its children)."""
+    return bool(op_counter.is_supported_instance(module))
+
+
+def search_hot_spots() -> list[tuple[type, str]]:
+    """Methods Torch-Pruning's group search calls on every step: where a runaway search is stopped."""
+    from torch_pruning.dependency import group, index_mapping
+
+    spots = [(group.Group, "has_pruning_op"), (group.Group, "add_dep")]
+    for name in ("_FlattenIndexMapping", "_ConcatIndexMapping", "_SplitIndexMapping", "_SliceIndexMapping"):
+        if hasattr(index_mapping, name):
+            spots.append((getattr(index_mapping, name), "__call__"))
+    return spots
+
+
+def bounded_group_search(seconds: float | None) -> checked_calls:
+    """A block in which Torch-Pruning's group search raises ``BudgetExceeded`` after ``seconds`` (``None``: never)."""
+    return checked_calls(seconds, search_hot_spots())
+
+
+@contextlib.contextmanager
+def tolerant_index_mapping() -> Iterator[None]:
+    """Let Torch-Pruning skip a node whose channel index mapping it cannot compute, instead of failing.
+
+    Torch-Pruning 1.6's ``update_*_index_mapping`` functions slip on some shapes: a concatenation with an input of
+    unknown width sums ``None`` (CSP "focus" stems, CoaT, TNT), a reshape next to the model input divides by a
+    width of 0 (SHViT). Each such node then gets no index mapping, as the functions already do for the cases they
+    recognise; a group that is wrong without it is caught by prune()'s trial on a copy and left alone. (An
+    ``IndexError`` in a split's mapping, Gemma-4's ViT, is not tolerated: the graph built past it exhausts memory.)
+    """
+    from torch_pruning.dependency import index_mapping
+
+    saved = {n: f for n, f in vars(index_mapping).items() if n.startswith("update_") and n != "update_index_mapping"}
+
+    def tolerant(original: Callable[..., None]) -> Callable[..., None]:
+        def update(graph: tp.DependencyGraph, node: object) -> None:
+            try:
+                original(graph, node)
+            except (TypeError, ZeroDivisionError):
+                pass
+
+        return update
+
+    for name, fn in saved.items():
+        setattr(index_mapping, name, tolerant(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(index_mapping, name, fn)

@@ -19,13 +19,13 @@ class BudgetExceeded(BaseException):
 
 
 class time_budget:  # lower case: used like a function, `with time_budget(5.0): ...`
-    """Raise :class:`BudgetExceeded` in the calling thread once ``seconds`` have passed inside the block.
+    """Raise `BudgetExceeded` in the calling thread once ``seconds`` have passed inside the block.
 
     A timer thread raises the exception asynchronously in the caller, once, so the block is interrupted
     between two Python bytecodes: this stops runaway Python loops, not a single long C call. Should the block
     swallow it and still finish late, leaving the block raises instead. ``None`` means no budget.
 
-    Example:
+    Examples:
         >>> with time_budget(5.0):
         ...     total = sum(range(1000))
         >>> total
@@ -72,13 +72,13 @@ class time_budget:  # lower case: used like a function, `with time_budget(5.0): 
 
 
 class checked_calls:  # lower case: used like a function
-    """Raise :class:`BudgetExceeded` from inside ``methods`` once ``seconds`` have passed in the block.
+    """Raise `BudgetExceeded` from inside ``methods`` once ``seconds`` have passed in the block.
 
     Cooperative: the listed methods (``(owner class, name)`` pairs, hot spots of the loop being bounded) check
     the clock on every call while the block runs; nothing is raised asynchronously, so nothing can surface
     after the block. ``None`` means no budget.
 
-    Example:
+    Examples:
         >>> class Loop:
         ...     def step(self):
         ...         pass

@@ -12,7 +12,7 @@ import torch.nn as nn
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every submodule in eval mode (so forward passes update no statistics), then restore each flag.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.BatchNorm1d(2), nn.Dropout())
         >>> _ = net[1].eval()
         >>> with eval_mode(net):

@@ -2,9 +2,9 @@
 
 Every check takes the argument's ``name`` as the user knows it (``"target_macs"``, ``"recipe: prune.alpha"``,
 ``"--threads"``) and raises ``ValueError("<name> must be <what is allowed>, got <value>")`` before anything is
-modified. :func:`argtype` turns any check into an ``argparse`` type, so the CLI reports the same words.
+modified. `argtype` turns any check into an ``argparse`` type, so the CLI reports the same words.
 
-Example:
+Examples:
     >>> fraction("target_macs", 0.5)
     0.5
     >>> input_size("input_size", "1x28x28")
@@ -40,7 +40,7 @@ def bad(name: str, expected: str, value: object) -> ValueError:
 def suggest(value: str, known: Iterable[str], n: int = 5) -> str:
     """`` Did you mean: a, b?`` for the closest names in ``known``, or ``""`` when nothing is close.
 
-    Example:
+    Examples:
         >>> suggest("resnt18", ["resnet18", "resnet34", "vgg11"])
         ' Did you mean: resnet18, resnet34?'
     """
@@ -212,7 +212,7 @@ def distinct(inputs: Iterable[str | os.PathLike | None], outputs: Iterable[str |
 def argtype(check: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[str], T]:
     """An ``argparse`` type from a check: text is parsed as a number when it is one, then checked.
 
-    Example:
+    Examples:
         >>> parser = argparse.ArgumentParser()
         >>> _ = parser.add_argument("--target-macs", type=argtype(fraction, "--target-macs"))
         >>> parser.parse_args(["--target-macs", "0.5"]).target_macs

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Outcome of :func:`bisect_threshold`.
+    """Outcome of `bisect_threshold`.
 
     Attributes:
         threshold: the threshold found.
@@ -35,7 +35,7 @@ def bisect_threshold(
     stops once the prediction is within ``tolerance`` of ``target``, when the interval no longer changes the
     outcome, or after ``max_steps`` evaluations; it returns the best threshold seen.
 
-    Example:
+    Examples:
         >>> r = bisect_threshold(lambda t: 1 - t / 4, target=0.5, hi=4.0)
         >>> round(r.threshold, 3), round(r.kept, 3)
         (2.0, 0.5)

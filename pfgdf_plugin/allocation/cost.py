@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch_pruning.utils import op_counter
 
+from pfgdf_plugin._compat.torch_pruning import is_counted
 from pfgdf_plugin.allocation.plan import Plan, ScoredGroup
 from pfgdf_plugin.models.layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
 
@@ -27,7 +27,7 @@ def _counted_units(model: nn.Module) -> list[nn.Module]:
     units: list[nn.Module] = []
 
     def visit(m: nn.Module) -> None:
-        if op_counter.is_supported_instance(m):
+        if is_counted(m):
             units.append(m)
         else:
             for child in m.children():
@@ -44,7 +44,7 @@ class Cost:
 
 
 class CostModel:
-    """MACs and parameters of the network after a :class:`Plan`, predicted from one count."""
+    """MACs and parameters of the network after a `Plan`, predicted from one count."""
 
     def __init__(self, model: nn.Module, example_inputs: object, groups: list[ScoredGroup]) -> None:
         macs, params, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)

@@ -21,7 +21,7 @@ class ScoredGroup:
         channels: channels in the group (before pruning).
         ch_groups: channel grouping (grouped convs, q/k/v of an attention projection): pruning removes the
             same positions from each channel group.
-        scores: one score per unit within a channel group (length :attr:`units`); a unit whose score is
+        scores: one score per unit within a channel group (length `units`); a unit whose score is
             below the threshold is "insignificant".
         ranking: positions in the order they are pruned (ascending ``scores`` unless ranked by another
             criterion).

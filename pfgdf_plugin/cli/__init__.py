@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from pfgdf_plugin import __version__
-from pfgdf_plugin.pruning.groups import GraphTimeoutError
+from pfgdf_plugin.pruning.errors import GraphTimeoutError
 
 # Subcommand modules in this package, in the order `pfgdf --help` lists them.
 COMMANDS: tuple[str, ...] = ("demo", "run", "prune", "inspect", "export", "bench", "compare", "coverage")

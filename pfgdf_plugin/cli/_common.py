@@ -1,67 +1,54 @@
-"""Argument helpers shared by subcommands."""
+"""argparse types shared by subcommands: the checks of `pfgdf_plugin._util.validate`, named after the option.
+
+Examples:
+    >>> positive_int("--runs")("50")
+    50
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
-T = TypeVar("T", int, float)
+from pfgdf_plugin._util import validate
 
 
-def input_size(text: str) -> tuple[int, int, int]:
+def input_size(option: str = "--input-size") -> Callable[[str], tuple[int, int, int]]:
     """``224`` -> (3, 224, 224); ``160x192`` -> (3, 160, 192); ``1x28x28`` -> (1, 28, 28)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = [3, parts[0], parts[0]]
-    elif len(parts) == 2:
-        parts = [3, *parts]
-    if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected SIZE, HxW or CxHxW with positive integers, got {text!r}")
-    return (parts[0], parts[1], parts[2])
+
+    def parse(text: str) -> tuple[int, int, int]:
+        try:
+            return validate.input_size(option, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
 
 
-def parsed(text: str, cast: Callable[[str], T], ok: Callable[[T], bool], expected: str) -> T:
-    """``cast(text)`` if it parses and passes ``ok``, else argparse's error saying what was ``expected``."""
-    try:
-        value = cast(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+def fraction(option: str) -> Callable[[str], float]:
+    """A fraction to keep, in (0, 1]."""
+    return validate.argtype(validate.fraction, option)
 
 
-def fraction(text: str) -> float:
-    return parsed(text, float, lambda v: 0.0 < v <= 1.0, "a fraction to keep in (0, 1]")
+def positive_int(option: str, maximum: int | None = None) -> Callable[[str], int]:
+    """An integer >= 1 (and <= ``maximum``)."""
+    return validate.argtype(validate.integer, option, minimum=1, maximum=maximum)
 
 
-def positive_int(text: str) -> int:
-    return parsed(text, int, lambda v: v >= 1, "an integer >= 1")
+def positive(option: str) -> Callable[[str], float]:
+    """A finite number > 0."""
+    return validate.argtype(validate.positive_float, option)
 
 
-def round_to(text: str) -> int:
+def round_to(option: str = "--round-to") -> Callable[[str], int]:
     """``auto`` -> the channel multiple that keeps convs on ONNX Runtime's fast CPU path here; else N >= 1."""
-    if text == "auto":
-        from pfgdf_plugin.measure.latency import recommended_round_to
+    integer = positive_int(option)
 
-        return recommended_round_to()
-    return positive_int(text)
+    def parse(text: str) -> int:
+        if text == "auto":
+            from pfgdf_plugin.measure.platform import recommended_round_to
 
+            return recommended_round_to()
+        return integer(text)
 
-def positive(text: str) -> float:
-    return parsed(text, float, lambda v: 0.0 < v < math.inf, "a finite number > 0")
-
-
-def distinct_outputs(inputs: list[str | os.PathLike], outputs: list[str | os.PathLike | None]) -> None:
-    """Refuse to write an output over one of the inputs."""
-    ins = {Path(p).resolve() for p in inputs if p}
-    for out in outputs:
-        if out and Path(out).resolve() in ins:
-            raise ValueError(f"output {str(out)!r} would overwrite an input; choose another path")
+    return parse

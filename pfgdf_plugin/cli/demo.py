@@ -4,7 +4,7 @@ Trains timm's ``resnet10t`` (1 input channel) on scikit-learn's digits, prunes i
 search to a MACs target, recalibrates BatchNorm, fine-tunes, exports both models to ONNX (checked against
 PyTorch), measures their latency on ONNX Runtime at 1 thread, and reports accuracy, parameters, MACs and
 latency before and after, in a report folder (JSON, Markdown, a latency plot, the models). The job is
-:func:`pfgdf_plugin.recipes.run.run_job` with a recipe built from the flags; ``pfgdf run`` reads one from YAML.
+`pfgdf_plugin.recipes.run_job` with a recipe built from the flags; ``pfgdf run`` reads one from YAML.
 """
 
 from __future__ import annotations
@@ -12,16 +12,8 @@ from __future__ import annotations
 import argparse
 
 from pfgdf_plugin.cli import _common
-from pfgdf_plugin.recipes.run import (
-    BenchmarkSpec,
-    DataSpec,
-    ModelSpec,
-    PruneSpec,
-    Recipe,
-    RecoverSpec,
-    TrainSpec,
-    execute_job,
-)
+from pfgdf_plugin.recipes import Recipe, execute_job
+from pfgdf_plugin.recipes.sections import BenchmarkSpec, DataSpec, ModelSpec, PruneSpec, RecoverSpec, TrainSpec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,18 +30,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default="demo-out", help="report folder (default: demo-out)")
     p.add_argument("--model", default="resnet10t", help="timm model to train (default: resnet10t)")
     p.add_argument("--data", default="digits", help="built-in dataset (digits, mnist) or an ImageFolder dir")
-    p.add_argument("--input-size", type=_common.input_size, default=(1, 16, 16),
-                   help="model input as SIZE, HxW or CxHxW (default: 1x16x16)")
-    p.add_argument("--target-macs", type=_common.fraction, default=0.5, help="fraction of MACs to keep (0.5)")
-    p.add_argument("--epochs", type=_common.positive_int, default=6, help="training epochs of the unpruned model (6)")
-    p.add_argument("--finetune-epochs", type=_common.positive_int, default=3,
-                   help="fine-tuning epochs after pruning (3)")
+    p.add_argument(
+        "--input-size",
+        type=_common.input_size("--input-size"),
+        default=(1, 16, 16),
+        help="model input as SIZE, HxW or CxHxW (default: 1x16x16)",
+    )
+    p.add_argument(
+        "--target-macs", type=_common.fraction("--target-macs"), default=0.5, help="fraction of MACs to keep (0.5)"
+    )
+    p.add_argument(
+        "--epochs", type=_common.positive_int("--epochs"), default=6, help="training epochs of the unpruned model (6)"
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=_common.positive_int("--finetune-epochs"),
+        default=3,
+        help="fine-tuning epochs after pruning (3)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation (0)")
-    p.add_argument("--round-to", type=_common.round_to, default="auto",
-                   help="keep channel counts at multiples of N, or 'auto' (default): the multiple that keeps convs "
-                   "on ONNX Runtime's fast CPU path here (16 with AVX-512, else 8)")
-    p.add_argument("--latency-runs", type=_common.positive_int, default=50,
-                   help="timed ONNX Runtime runs per model (50)")
+    p.add_argument(
+        "--round-to",
+        type=_common.round_to("--round-to"),
+        default="auto",
+        help="keep channel counts at multiples of N, or 'auto' (default): the multiple that keeps convs "
+        "on ONNX Runtime's fast CPU path here (16 with AVX-512, else 8)",
+    )
+    p.add_argument(
+        "--latency-runs",
+        type=_common.positive_int("--latency-runs"),
+        default=50,
+        help="timed ONNX Runtime runs per model (50)",
+    )
     p.set_defaults(run=run)
 
 

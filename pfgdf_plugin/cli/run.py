@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from pfgdf_plugin.recipes.run import Recipe, execute_job
+from pfgdf_plugin.recipes import Recipe, execute_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -2,11 +2,11 @@
 
 A Torch-Pruning dependency ``Group`` lists every layer that must shrink together when a set of channels is
 removed: the conv that produces them, its norm layer, the next layers' input channels, every branch of a
-residual add, the inputs behind a concatenation. :func:`channel_slices` turns such a group into a list of
-:class:`ChannelSlice`, one per member that owns weights for those channels, each able to hand out one row of
+residual add, the inputs behind a concatenation. `channel_slices` turns such a group into a list of
+`ChannelSlice`, one per member that owns weights for those channels, each able to hand out one row of
 weights per channel of its layer. Criteria then work on rows and never dispatch on layer types themselves.
 
-Example:
+Examples:
     >>> import torch, torch_pruning as tp
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
     >>> dg = tp.DependencyGraph().build_dependency(net, torch.randn(1, 3, 16, 16))
@@ -41,7 +41,7 @@ class ChannelSlice:
     Attributes:
         name: the member's module name in the model (``"layer1.0.conv1"``), or its class name if unnamed.
         layer: the member module.
-        role: how the channels sit in this layer's weight (see :data:`Role`).
+        role: how the channels sit in this layer's weight (see `Role`).
         idxs: the member's own channel positions along its pruned dimension.
         root_idxs: for each entry of ``idxs``, the group's (root layer's) channel it belongs to.
     """
@@ -117,7 +117,7 @@ def _role_of(layer: object, handler: object, graph: tp.DependencyGraph) -> Role 
 
 
 def channel_slices(group: tp.dependency.Group) -> list[ChannelSlice]:
-    """Every member of ``group`` that owns per-channel weights, as :class:`ChannelSlice` objects.
+    """Every member of ``group`` that owns per-channel weights, as `ChannelSlice` objects.
 
     Members appear once each, in group order. Members whose root index is unknown (``None``, which
     Torch-Pruning produces for some reshapes) are dropped, as Torch-Pruning's own criteria do, and so are

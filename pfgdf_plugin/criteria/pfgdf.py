@@ -82,7 +82,7 @@ class PFGDFImportance(tp.importance.Importance):
     Raises:
         ValueError: on an unknown option, and (when called) on a layer with NaN or Inf weights, naming it.
 
-    Example:
+    Examples:
         >>> import timm, torch, torch_pruning as tp
         >>> model = timm.create_model("resnet18", num_classes=10)
         >>> pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 64, 64), importance=PFGDFImportance(),

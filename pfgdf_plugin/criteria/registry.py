@@ -2,7 +2,7 @@
 
 Adding a criterion: write its class in ``criteria/`` and add one line to ``CRITERIA`` below.
 
-Example:
+Examples:
     >>> imp = build("pfgdf-l1")
     >>> imp.importance
     PFGDFImportance(statistic='l1', group_reduction='mean')
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 from tqdm.auto import tqdm
 
 from pfgdf_plugin._util import validate
@@ -40,7 +41,15 @@ class Built:
 
 @dataclass(frozen=True)
 class Criterion:
-    """One named criterion: how to build it, what it is, and what it needs before scoring."""
+    """One named criterion: how to build it, what it is, and what it needs before scoring.
+
+    Args:
+        name: the registry key (``--criteria`` names it).
+        build: makes a fresh `Built` (new importance objects on every call).
+        description: what it scores, in a few words, for help texts and reports.
+        needs_calibration: it must see batches through `calibrate` before scoring (CHIP).
+        needs_gradients: it reads ``weight.grad``: run a backward pass before scoring (Taylor).
+    """
 
     name: str
     build: Callable[[], Built]
@@ -53,17 +62,45 @@ def _pfgdf(statistic: str) -> Callable[[], Built]:
     return lambda: Built(PFGDFImportance(statistic=statistic))  # type: ignore[arg-type]
 
 
+def _pfgdf_ranked_by(rank_by: Callable[[], Importance]) -> Callable[[], Built]:
+    # rank_by only orders channels within a group, so it needs no cross-layer normalisation.
+    return lambda: Built(PFGDFImportance(statistic="l1"), rank_by())
+
+
+def _tp(importance: Callable[[], Importance]) -> Callable[[], Built]:
+    return lambda: Built(importance())
+
+
+_MAG = tp.importance.MagnitudeImportance
+
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
         Criterion("pfgdf-l1", _pfgdf("l1"), "PFGDF z-scores (L1 statistic)"),
         Criterion("pfgdf-l2", _pfgdf("l2"), "PFGDF z-scores (L2 statistic)"),
         Criterion("pfgdf-mean", _pfgdf("mean"), "PFGDF z-scores (mean statistic)"),
-        Criterion("chip", lambda: Built(CHIPImportance()), "CHIP channel independence, per-layer mean "
-                  "normalisation", needs_calibration=True),
+        Criterion("pfgdf+l1", _pfgdf_ranked_by(lambda: _MAG(p=1, normalizer=None)),
+                  "PFGDF (L1) per-layer counts, L1 norm picks channels (rank_by)"),
+        Criterion("pfgdf+fpgm", _pfgdf_ranked_by(lambda: tp.importance.FPGMImportance(normalizer=None)),
+                  "PFGDF (L1) per-layer counts, FPGM picks channels (rank_by)"),
+        Criterion("pfgdf+chip", _pfgdf_ranked_by(CHIPImportance),
+                  "PFGDF (L1) per-layer counts, CHIP picks channels (rank_by)", needs_calibration=True),
+        Criterion("chip", _tp(CHIPImportance), "CHIP channel independence, per-layer mean normalisation",
+                  needs_calibration=True),
+        Criterion("l1", _tp(lambda: _MAG(p=1, normalizer="mean")), "group L1 norm, normalizer='mean'"),
+        Criterion("l2", _tp(lambda: _MAG(p=2, normalizer="mean")), "group L2 norm, normalizer='mean'"),
+        Criterion("fpgm", _tp(lambda: tp.importance.FPGMImportance(normalizer="mean")),
+                  "FPGM (geometric median distance), normalizer='mean'"),
+        Criterion("bn-scale", _tp(lambda: tp.importance.BNScaleImportance(normalizer="mean")),
+                  "|BN gamma|, normalizer='mean'"),
+        Criterion("taylor", _tp(lambda: tp.importance.TaylorImportance(normalizer="mean")),
+                  "first-order Taylor |w*dL/dw|, normalizer='mean'", needs_gradients=True),
+        Criterion("random", _tp(tp.importance.RandomImportance), "uniform random scores"),
     )
 }
-"""Name -> criterion. The comparison study registers Torch-Pruning's own criteria next to these."""
+"""Name -> criterion. Torch-Pruning's own criteria use ``normalizer="mean"`` (each group's scores divided by their
+mean) so that one global threshold compares layers; PFGDF's z-scores and CHIP's per-layer normalisation are
+comparable by construction."""
 
 
 def build(name: str) -> Built:
@@ -91,7 +128,7 @@ def calibrate(
     Returns the number of batches run (0 when nothing needed calibration). The model runs in eval mode without
     gradients, and every module's training flag is restored afterwards.
 
-    Example:
+    Examples:
         >>> import timm
         >>> model = timm.create_model("resnet10t", num_classes=10)
         >>> chip = CHIPImportance()

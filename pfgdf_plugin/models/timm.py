@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-import difflib
+from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
 
+from pfgdf_plugin._util import validate
+from pfgdf_plugin.models.inputs import run_model
 
-def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None) -> nn.Module:
+
+def create_model(
+    name: str, *, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+) -> nn.Module:
     """A timm model with random weights (pretrained weights need the network, which we never assume).
 
-    Raises:
-        ValueError: for an unknown model name, listing the closest timm names.
+    The arguments are recorded on the model (``pfgdf_create_kwargs``) so that a saved pruned copy can be rebuilt.
+    Extra ``kwargs`` go to ``timm.create_model`` (``img_size``, ``drop_rate``, ...).
 
-    Example:
+    Raises:
+        ValueError: for an unknown model name (listing the closest timm names), or ``num_classes`` /
+            ``in_chans`` below 1.
+
+    Examples:
         >>> create_model("resnet18", num_classes=10).fc.out_features
         10
     """
     available = timm.list_models()
     if name not in available:
-        close = difflib.get_close_matches(name, available, n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models() for the names."
+        hint = validate.suggest(name, available) or " See timm.list_models() for the names."
         raise ValueError(f"--model / name: unknown timm model {name!r}.{hint}")
-    kwargs: dict[str, int] = {}
+    validate.optional_int("num_classes", num_classes, 1)
+    validate.optional_int("in_chans", in_chans, 1, 4096)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    return timm.create_model(name, pretrained=False, **kwargs)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    model.pfgdf_create_kwargs = dict(kwargs)
+    return model
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -64,18 +75,10 @@ def find_classifier(model: nn.Module, example_inputs: torch.Tensor | tuple) -> n
     ]
     try:
         with torch.no_grad():
-            out = _forward(model, example_inputs)
+            out = run_model(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
     if not isinstance(out, torch.Tensor):
         return None
     return executed[-1] if executed else None
-
-
-def _forward(model: nn.Module, example_inputs: torch.Tensor | tuple | list | dict) -> object:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)

@@ -5,11 +5,11 @@ A fused projection such as timm's ``Attention.qkv`` is one ``nn.Linear`` whose o
 couples those outputs to the output projection correctly, but it neither keeps q, k and v aligned nor knows
 that channels come in heads, and the block's forward reshapes with its own ``num_heads``. So prune() treats such
 a projection's group as ``parts`` channel groups (the same positions leave q, k and v) of ``heads`` blocks of
-``head_dim`` channels (whole heads leave), and :func:`update_heads` rewrites ``num_heads`` (and ``attn_dim``
+``head_dim`` channels (whole heads leave), and `update_heads` rewrites ``num_heads`` (and ``attn_dim``
 where the block has one) afterwards. ``head_dim`` and the softmax scale never change, so the kept heads compute
 exactly what they computed before.
 
-Example:
+Examples:
     >>> import timm
     >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1)
     >>> layout = find_heads(vit)[vit.blocks[0].attn.qkv]

@@ -1,11 +1,8 @@
-"""CHIP: channel independence, computed exactly (``math``), collected from a model's feature maps (``importance``)."""
+"""CHIP: channel independence computed exactly (``math``), streamed into per-channel sums (``stats``) by forward
+hooks (``session``), and used as a Torch-Pruning importance (``importance``)."""
 
-from pfgdf_plugin.criteria.chip.importance import (
-    FEATURES,
-    NORMALIZATIONS,
-    CHIPImportance,
-    LayerStats,
-    channel_independence,
-)
+from pfgdf_plugin.criteria.chip.importance import FEATURES, NORMALIZATIONS, CHIPImportance
+from pfgdf_plugin.criteria.chip.math import channel_independence
+from pfgdf_plugin.criteria.chip.stats import LayerStats
 
 __all__ = ["FEATURES", "NORMALIZATIONS", "CHIPImportance", "LayerStats", "channel_independence"]

@@ -1,0 +1,109 @@
+"""The machine a benchmark runs on: CPU name and ISA flags, available CPUs, package versions, a good ``round_to``.
+
+Examples:
+    >>> available_cpus() >= 1
+    True
+    >>> ort_platform() in ("amd64", "arm")
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else all CPUs)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo``, else what the `platform` module knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The ISA flags of the first CPU in ``/proc/cpuinfo`` (``avx2``, ``avx512f``, ...); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def ort_platform() -> str:
+    """This machine as ONNX Runtime's ORT-format converter names target platforms: ``"arm"`` or ``"amd64"``."""
+    return "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "amd64"
+
+
+def recommended_round_to() -> int:
+    """A ``round_to`` for `pfgdf_plugin.pruning.api.prune` that keeps convs on ONNX Runtime's fast path here.
+
+    On x86, ONNX Runtime runs convs in its blocked NCHWc layout: 16-channel blocks with AVX-512F, 8 without.
+    A conv whose input channels are not a multiple of 4 leaves that path (plus layout reorders around it); other
+    counts are padded up to the block, which wastes the padded MACs (docs/deployment.md has the measurements).
+    Elsewhere (ARM) 8 is returned as a safe multiple of NEON's 4-wide vectors; that case is not measured.
+
+    Returns:
+        16 on x86 with AVX-512F, else 8.
+
+    Examples:
+        >>> recommended_round_to() in (8, 16)
+        True
+    """
+    if platform.machine().lower() in X86_MACHINES:
+        return 16 if "avx512f" in cpu_flags() else 8
+    return 8
+
+
+def environment() -> dict[str, Any]:
+    """Hardware, OS, load and package versions, recorded with every benchmark.
+
+    Returns:
+        ``cpu``, ``machine``, ``cpus_available``, ``cpu_count``, ``platform``, ``load_average`` (``None`` where
+        the OS has none) and ``versions`` (python, pfgdf_plugin, torch, torch_pruning, onnx, onnxruntime, numpy).
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+    import torch_pruning as tp
+
+    from pfgdf_plugin import __version__
+
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu_name(),
+        "machine": platform.machine(),
+        "cpus_available": available_cpus(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average": load,
+        "versions": {
+            "python": platform.python_version(),
+            "pfgdf_plugin": __version__,
+            "torch": torch.__version__,
+            "torch_pruning": tp.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        },
+    }

@@ -1,0 +1,83 @@
+"""Applying a plan to a traced model copy: prune each group, fix attention head counts, measure and check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+import torch_pruning as tp
+
+from pfgdf_plugin.allocation import ScoredGroup
+from pfgdf_plugin.models.inputs import Shapes, describe_shapes, outputs_of
+from pfgdf_plugin.pruning.attention import find_heads, update_heads
+from pfgdf_plugin.pruning.errors import short_error
+
+
+@dataclass
+class Applied:
+    """What applying a plan to a model copy did: measured cost, groups Torch-Pruning refused, head changes."""
+
+    macs: float
+    params: int
+    rejected: list[int]
+    heads: list[tuple[str, int, int]]
+
+
+def apply_plan(
+    model: nn.Module,
+    graph: tp.DependencyGraph,
+    groups: list[ScoredGroup],
+    removed: tuple[tuple[int, ...], ...],
+    example_inputs: object,
+    out_shape: Shapes,
+) -> Applied:
+    """Prune ``model`` (traced by ``graph``) by ``removed``, fix attention head counts, measure and check it.
+
+    Groups are found in ``model`` by their root's name, so a plan made on one copy applies to another.
+    Raises ``RuntimeError`` when pruning fails or the pruned model does not run with the old output shape.
+    """
+    by_name = dict(model.named_modules())
+    names = {m: n for n, m in by_name.items()}
+    layouts = find_heads(model)
+    rejected = []
+    for i, (g, cut) in enumerate(zip(groups, removed, strict=True)):
+        if cut and not prune_group(graph, by_name[g.root_name], cut):
+            rejected.append(i)
+    changed = update_heads(layouts)
+    sync_linear_sizes(model)
+    macs, params = count_and_check(model, example_inputs, out_shape)
+    return Applied(macs, params, rejected, [(names[b], before, after) for b, before, after in changed])
+
+
+def sync_linear_sizes(model: nn.Module) -> None:
+    """Make each linear layer's declared sizes those of its weight.
+
+    When two pruned channels map to the same input of a layer (both halves of a GLU's ``chunk(2)`` reach
+    ``fc2``'s input ``p``), Torch-Pruning keeps the right weight columns but subtracts the index count twice from
+    ``in_features``. The weight is what the layer computes with; the attribute is only bookkeeping.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = int(m.weight.shape[0]), int(m.weight.shape[1])
+
+
+def prune_group(graph: tp.DependencyGraph, root: nn.Module, cut: tuple[int, ...]) -> bool:
+    pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(cut))
+    if not graph.check_pruning_group(pruning_group):
+        return False
+    pruning_group.prune()
+    return True
+
+
+def count_and_check(model: nn.Module, example_inputs: object, out_shape: Shapes) -> tuple[float, int]:
+    """MACs and params of the pruned model; the same forward pass proves it runs with the old output shape."""
+    with outputs_of(model) as outputs:
+        try:
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+        except Exception as err:
+            raise RuntimeError(f"the pruned model no longer runs ({short_error(err)})") from err
+    if out_shape is not None and outputs and outputs[-1] != out_shape:
+        raise RuntimeError(
+            f"pruning changed the output shape from {describe_shapes(out_shape)} to {describe_shapes(outputs[-1])}"
+        )
+    return float(macs), int(params)

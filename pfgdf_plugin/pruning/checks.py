@@ -1,0 +1,107 @@
+"""prune()'s arguments, checked before anything is modified: the settings of one call, and the protected layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from pfgdf_plugin._util import validate
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.criteria.pfgdf import PFGDFImportance
+from pfgdf_plugin.models.timm import find_classifier
+from pfgdf_plugin.pruning.errors import input_error
+from pfgdf_plugin.pruning.groups import Importance
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One prune() call's checked settings.
+
+    Attributes:
+        alpha: the threshold given, or ``None`` when a target is searched.
+        target: ``("macs" | "params", fraction to keep)``, or ``None`` for a given ``alpha``.
+        importance: the criterion whose scores the threshold applies to.
+        rank_by: the criterion that chooses which channels go (``None``: ``importance``).
+        round_to: kept channel counts are multiples of this (``None``: exact).
+        min_channels: every group keeps at least this many channels.
+        graph_timeout: seconds for the dependency graph (``None``: no limit).
+    """
+
+    alpha: float | None
+    target: tuple[str, float] | None
+    importance: Importance
+    rank_by: Importance | None
+    round_to: int | None
+    min_channels: int
+    graph_timeout: float | None
+
+
+def check_settings(
+    *,
+    alpha: object,
+    target_macs: object,
+    target_params: object,
+    importance: object,
+    rank_by: object,
+    round_to: object,
+    min_channels: object,
+    graph_timeout: object,
+) -> Settings:
+    """Every scalar argument of prune(), checked; raises ``ValueError`` naming the first bad one."""
+    given = [n for n, v in (("alpha", alpha), ("target_macs", target_macs), ("target_params", target_params))
+             if v is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "give exactly one of alpha, target_macs, target_params" + (f" (got {', '.join(given)})" if given else "")
+        )
+    target: tuple[str, float] | None = None
+    if alpha is not None:
+        alpha = validate.positive_float("alpha", alpha)
+    elif target_macs is not None:
+        target = ("macs", validate.fraction("target_macs", target_macs))
+    else:
+        target = ("params", validate.fraction("target_params", target_params))
+    for name, crit in (("importance", importance), ("rank_by", rank_by)):
+        if crit is not None and not callable(crit):
+            raise ValueError(f"{name} must be a Torch-Pruning Importance (callable on a group), got {crit!r}")
+    return Settings(
+        alpha=alpha,  # type: ignore[arg-type]
+        target=target,
+        importance=PFGDFImportance() if importance is None else importance,  # type: ignore[arg-type]
+        rank_by=rank_by,  # type: ignore[arg-type]
+        round_to=validate.optional_int("round_to", round_to, 1),
+        min_channels=validate.integer("min_channels", min_channels, 1),
+        graph_timeout=None if graph_timeout is None else validate.positive_float("graph_timeout", graph_timeout),
+    )
+
+
+def protected_layers(
+    model: object, example_inputs: Any, ignored_layers: Iterable[nn.Module] | None, classifier: object
+) -> dict[nn.Module, str]:
+    """The layers whose output channels stay, with why: ``ignored_layers``, and the classifier (found when
+    ``classifier="auto"``). Also checks that ``model`` is a module with finite weights that runs on the input."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inside = {id(m) for m in model.modules()}
+    ignored: dict[nn.Module, str] = {}
+    for layer in ignored_layers or ():
+        if not isinstance(layer, nn.Module) or id(layer) not in inside:
+            raise ValueError(f"ignored_layers must hold submodules of model; {layer!r} is not one")
+        ignored[layer] = "ignored_layers"
+    if classifier not in ("auto", None):
+        if not isinstance(classifier, nn.Module) or id(classifier) not in inside:
+            raise ValueError(f"classifier must be 'auto', None or a submodule of model, got {classifier!r}")
+        ignored[classifier] = "classifier"
+    validate.finite_parameters(model)
+    if classifier == "auto":
+        with eval_mode(model):
+            try:
+                head = find_classifier(model, example_inputs)
+            except Exception as err:
+                raise input_error(example_inputs, err) from err
+        if head is not None:
+            ignored[head] = "classifier"
+    return ignored

@@ -1,0 +1,53 @@
+"""Torch-Pruning's dependency graph of one model copy, built under a time budget, with a clear error otherwise."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from pfgdf_plugin._compat.torch_pruning import tolerant_index_mapping
+from pfgdf_plugin._util.budget import BudgetExceeded, time_budget
+from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.models.inputs import run_model
+from pfgdf_plugin.pruning.errors import input_error, timeout_error
+
+
+def build_graph(
+    work: nn.Module, example_inputs: object, *, original: nn.Module, timeout: float | None
+) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``work`` within ``timeout`` seconds, or a clear error.
+
+    A failure is diagnosed on ``original``: an input the model itself cannot run is a ``ValueError``.
+    """
+    try:
+        with time_budget(timeout), tolerant_index_mapping():
+            dg = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
+        forget_autograd_state(work)
+        return dg
+    except BudgetExceeded:
+        raise timeout_error(original, timeout, "building") from None
+    except Exception as err:
+        try:
+            with eval_mode(original), torch.no_grad():
+                run_model(original, example_inputs)
+        except Exception as forward_err:
+            raise input_error(example_inputs, forward_err) from forward_err
+        raise RuntimeError(f"Torch-Pruning could not build the dependency graph of this model: {err}") from err
+
+
+def forget_autograd_state(model: nn.Module) -> None:
+    """Drop what the tracing forward pass (run with autograd) left cached in modules.
+
+    Some blocks cache tensors computed in eval mode (LeViT's attention biases, per device). Cached with
+    autograd history they cannot be deep-copied (which MACs counting does), and they would go stale once
+    pruning changes the head count, so dict caches are emptied and single tensors detached.
+    """
+    for m in model.modules():
+        for key, value in list(vars(m).items()):
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(m, key, value.detach())
+            elif isinstance(value, dict) and any(
+                isinstance(v, torch.Tensor) and v.grad_fn is not None for v in value.values()
+            ):
+                value.clear()

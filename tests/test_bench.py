@@ -1,6 +1,7 @@
 """benchmark_latency and `pfgdf bench`: result schema, written files, clear errors. No timing thresholds."""
 
 import json
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,8 +14,10 @@ from pfgdf_plugin import prune
 from pfgdf_plugin.cli import main
 from pfgdf_plugin.deploy.onnx import export_onnx
 from pfgdf_plugin.measure.latency import benchmark_latency
-from pfgdf_plugin.measure.result import SCHEMA
+from pfgdf_plugin.measure.report import figure, quartiles
+from pfgdf_plugin.measure.result import SCHEMA, BenchmarkResult, Measurement, Variant
 from pfgdf_plugin.models.zoo import CifarVGG
+from pfgdf_plugin.recipes.report import summary_markdown, summary_table
 
 CFG = (16, "M", 32, "M", 64)
 SIZE = (3, 32, 32)
@@ -38,8 +41,9 @@ def models(tmp_path_factory):
         dir=d,
         original=original,
         pruned=pruned,
-        original_onnx=export_onnx(original, d / "original.onnx", SIZE),
-        pruned_onnx=export_onnx(pruned, d / "model.onnx", SIZE),
+        original_onnx=export_onnx(original, d / "original.onnx", SIZE, metadata={"variant": "original"}),
+        # as `pfgdf export` names it: the file says "model", its metadata says what it is
+        pruned_onnx=export_onnx(pruned, d / "model.onnx", SIZE, metadata={"variant": "pruned"}),
     )
 
 
@@ -108,7 +112,7 @@ def test_without_baseline_or_metadata(models, tmp_path):
     assert all(m.speedup is None and m.efficiency is None for m in res.measurements)
     assert res.measurement("b", 1).macs is None and res.measurement("a", 1).macs == models.pruned_onnx.macs
     assert any("no baseline" in n for n in res.notes) and any("b: no pfgdf.macs" in n for n in res.notes)
-    res.plot(tmp_path / "p.png")  # variants without MACs are left out of the plot, not an error
+    res.plot(tmp_path / "p.png")  # variants without MACs are plotted without them, not an error
 
 
 def test_dynamic_batch_model_runs_at_batch_one(models, tmp_path):
@@ -144,6 +148,91 @@ def test_bad_arguments(models, tmp_path):
         benchmark_latency([tmp_path / "text.onnx"], runs=1)
     with pytest.raises(ValueError, match=r"\.onnx or \.ort"):
         benchmark_latency([Path(__file__)], runs=1)
+
+
+def test_plot_panels_share_y_and_name_what_each_model_is(result):
+    """bench.png: the thread-count panels share their y-axis; "model" is labelled as the pruned model it is."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    try:
+        one, two = fig.axes
+        assert one.get_shared_y_axes().joined(one, two) and one.get_ylim() == two.get_ylim()
+        labels = [t.get_text() for t in one.get_xticklabels()]
+        assert [label.split("\n")[0] for label in labels] == ["original", "model (pruned)", "original (torch)",
+                                                               "pruned (torch)"]
+        texts = [t.get_text() for t in one.texts]
+        speedup = result.measurement("model", 1).speedup
+        assert texts[0].endswith("baseline") and texts[1].endswith(f"{speedup:.2f}x")
+    finally:
+        plt.close(fig)
+
+
+def _measurement(variant, samples, speedup, macs=1e6):
+    return Measurement(variant, "onnxruntime", 1, median_ms=statistics.median(samples),
+                       p90_ms=sorted(samples)[int(0.9 * len(samples))], min_ms=min(samples),
+                       mean_ms=statistics.fmean(samples), samples_ms=samples, macs=macs, speedup=speedup)
+
+
+def test_plot_is_not_dwarfed_by_a_slow_tail_and_keeps_equal_macs_apart():
+    """latency.png: p90 of ~5 ms hid medians of ~0.8 ms, and pruned / INT8 (same MACs) sat on one point."""
+    import matplotlib.pyplot as plt
+
+    tail = [0.8] * 30 + [0.7] * 10 + [5.0] * 10  # median 0.8, p90 5 ms: a busy machine's slow tail
+    ms = [_measurement("original", [2 * x for x in tail], 1.0, macs=2e6), _measurement("pruned", tail, 2.0),
+          _measurement("pruned.int8", [x + 0.1 for x in tail], 1.78)]
+    variants = [Variant(m.variant, "onnxruntime", None, m.macs, None, None) for m in ms]
+    res = BenchmarkResult(variants, ms, "original", None, (1, 3, 8, 8), (1,), 0, 50, False, {}, 1.0)
+    assert [quartiles(m) for m in ms][1] == (0.8, 0.8)
+    fig = figure(res)
+    try:
+        (ax,) = fig.axes
+        assert ms[1].p90_ms == 5.0 and ax.get_ylim()[1] < 2.5  # the axis follows medians and quartiles
+        centres = [p.get_x() + p.get_width() / 2 for p in ax.patches]
+        assert len(set(centres)) == 3  # one bar each, even at equal MACs
+        assert [t.get_text() for t in ax.texts] == ["1.600 ms\nbaseline", "0.800 ms\n2.00x", "0.900 ms\n1.78x"]
+    finally:
+        plt.close(fig)
+
+
+def _job_summary(int8_ms, flags, finetuned=True):
+    """A `run_job` summary with an INT8 export (the numbers of the issue: 0.891 ms INT8 vs 0.542 ms float)."""
+    lat = {"original": {"median": 1.0, "p90": 1.2}, "pruned": {"median": 0.542, "p90": 0.6},
+           "pruned.int8": {"median": int8_ms, "p90": 1.0}}
+    return {
+        "data": "digits", "val_data": None, "method": "pfgdf", "alpha": 0.5, "seconds": 80.0,
+        "accuracy": {"unpruned": 0.99, "pruned_before_recalibration": 0.1, "pruned_after_recalibration": 0.8,
+                     "pruned_after_finetuning": 0.97},
+        "params": {"before": 1000, "after": 500}, "macs": {"before": 2_000_000, "after": 1_000_000},
+        "latency_ms": {"1": lat}, "latency_threads": 1, "speedup": 1 / 0.542, "efficiency": 0.92,
+        "finetune_history": [{"epoch": 1}] if finetuned else [],
+        "exports": {"int8": {"top1_agreement": 0.975, "images": 160, "float_classes": 10, "max_abs_error": 0.5,
+                             "max_abs_output": 10.0}},
+        "benchmark": {"environment": {"cpu": "Some CPU", "isa_flags": flags}},
+    }
+
+
+def test_report_labels_the_pruned_column_and_puts_int8_quality_by_its_latency():
+    md = summary_markdown(_job_summary(0.891, ["avx2"]))
+    lines = md.splitlines()
+    assert lines[0] == "| | unpruned | pruned, fine-tuned |"
+    at = lines.index("| pruned, INT8 (ms) |  | 0.891 |")
+    assert lines[at + 1] == "| INT8 agrees with float (top-1) |  | 97.5% |"
+    assert lines[at + 2] == "| INT8 output error (max, rel.) |  | 5.0% |"
+    assert "same top-1 class as the float model on 97.5% of 160 calibration images" in md
+    assert summary_table(_job_summary(0.891, ["avx2"], finetuned=False)).splitlines()[0].split() == ["unpruned",
+                                                                                                     "pruned"]
+
+
+@pytest.mark.parametrize("flags, why", [
+    (["avx2", "fma"], "This CPU has no 8-bit dot-product instructions"),
+    (["avx2", "avx512_vnni"], "the likely cause is the model's size: at 1.00 MMACs per image"),
+    (None, "INT8 pays off only on CPUs with 8-bit dot-product instructions"),
+])
+def test_report_says_plainly_when_int8_is_slower_and_why(flags, why):
+    md = summary_markdown(_job_summary(0.891, flags))
+    assert "INT8 is slower than float here: 0.891 vs 0.542 ms at 1 thread." in md and why in md
+    assert "slower" not in summary_markdown(_job_summary(0.3, flags))
 
 
 # ----------------------------------------------------------------------------------------------- CLI

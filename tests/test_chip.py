@@ -14,24 +14,11 @@ import torch_pruning as tp
 
 from pfgdf_plugin import CHIPImportance, prune
 from pfgdf_plugin.criteria.chip import LayerStats, channel_independence
+from pfgdf_plugin.models.zoo import CifarResNet
 from tests.conftest import state_hash
+from tests.reference import capture_maps, mean_oracle_ci, oracle_ci, spearman
 
-# ---------------------------------------------------------------------------------------------------------
-# The oracle: the definition, one float64 SVD (numpy) per channel per sample.
-
-
-def oracle_ci(a: np.ndarray, channels: list[int] | None = None) -> np.ndarray:
-    """CI_c = ||A||_* - ||A with row c zeroed||_* for a [C, N] map (for ``channels``, default all), float64."""
-    a = np.asarray(a, dtype=np.float64)
-    full = np.linalg.svd(a, compute_uv=False).sum()
-    channels = range(a.shape[0]) if channels is None else channels
-    out = np.empty(len(channels))
-    for i, c in enumerate(channels):
-        zeroed = a.copy()
-        zeroed[c] = 0.0
-        out[i] = full - np.linalg.svd(zeroed, compute_uv=False).sum()
-    return out
-
+# The oracle (tests/reference.py): the definition, one float64 SVD (numpy) per channel per sample.
 
 def rel_err(fast: torch.Tensor, ref: np.ndarray) -> float:
     fast = fast.double().numpy()
@@ -162,18 +149,6 @@ class Chain(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _capture(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> list[np.ndarray]:
-    """The output of ``module`` for every sample, as [C, HW] float64 arrays, with a plain hook in eval mode."""
-    maps: list[np.ndarray] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: maps.extend(out.detach().flatten(2).double().numpy()))
-    model.eval()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    handle.remove()
-    return maps
-
-
 def _batches(n: int, size: int = 8, seed: int = 0, bs: int = 3) -> list[torch.Tensor]:
     g = _gen(seed)
     return [torch.randn(bs, 3, size, size, generator=g) for _ in range(n)]
@@ -195,7 +170,7 @@ def test_hooked_tensor_mean_ci_matches_the_oracle(feature, layer, tensor_of):
     model = Chain().train()
     batches = _batches(2)
     imp = _calibrated(model, batches, feature=feature, normalization="rms")
-    maps = _capture(model, getattr(model, tensor_of), batches)
+    maps = capture_maps(model, getattr(model, tensor_of), batches)
     expected = np.mean([oracle_ci(m) for m in maps], axis=0)
     st = imp.stats[layer]
     assert (st.samples, st.channels, st.positions) == (6, 12, 64)
@@ -235,32 +210,81 @@ def _group_of(graph: tp.DependencyGraph, conv: nn.Conv2d) -> tp.dependency.Group
 
 def test_output_feature_averages_every_producer_of_a_residual_stream():
     model = timm.create_model("resnet18", num_classes=10)
-    imp = _calibrated(model, _batches(2, size=48, bs=2))  # the default: feature="output", normalization="mean"
+    imp = _calibrated(model, _batches(2, size=48, bs=2), feature="output")
     graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 48, 48))
     stem = _group_of(graph, model.conv1)
     producers = ["conv1", "layer1.1.conv2", "layer1.0.conv2"]
-    assert [k for _, k in imp.members(stem)] == producers
+    assert [m.key for m in imp.members(stem)] == producers
     scores = torch.stack([imp.layer_ci(k) / imp.layer_ci(k).mean() for k in producers])
     assert torch.allclose(imp(stem), scores.mean(0), rtol=1e-12)
     plain = _group_of(graph, model.layer1[0].conv1)
     assert torch.equal(imp(plain), imp.layer_scores("layer1.0.conv1"))
 
 
-def test_input_feature_averages_distinct_spatial_consumers():
+def test_input_feature_reads_each_distinct_consumer_map_before_pooling():
     model = timm.create_model("resnet18", num_classes=10)
-    imp = _calibrated(model, _batches(2, size=64, bs=2), feature="input")
-    # the downsample conv reads the very tensor its block's conv1 reads: counted once
-    assert imp._aliases == {f"layer{i}.0.downsample.0": f"layer{i}.0.conv1" for i in (2, 3, 4)}
+    imp = _calibrated(model, _batches(2, size=64, bs=2))  # the default: feature="input"
+    # the downsample conv reads the very tensor its block's conv1 reads: counted once; readers of a pooled map
+    # (layer1 after the stem's max-pool, fc after global pooling) are scored on the map before pooling
+    assert imp._cal.aliases == {**{f"layer{i}.0.downsample.0": f"layer{i}.0.conv1" for i in (2, 3, 4)},
+                                "layer1.0.conv1": "maxpool", "fc": "global_pool.pool"}
+    assert (imp.stats["maxpool"].channels, imp.stats["maxpool"].positions) == (64, 32 * 32)
     graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 64, 64))
-    names = {m: n for n, m in model.named_modules()}
     stem = _group_of(graph, model.conv1)  # the layer1 residual stream
-    assert [k for _, k in imp.members(stem)] == ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1"]
-    expected = torch.stack([imp.layer_scores(k) for k in ("layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1")])
+    keys = ["maxpool", "layer1.1.conv1", "layer2.0.conv1"]
+    assert [m.key for m in imp.members(stem)] == keys
+    expected = torch.stack([imp.layer_scores(k) for k in keys])
     assert torch.allclose(imp(stem), expected.mean(0), rtol=1e-12)
-    last = _group_of(graph, model.layer4[1].conv2)  # read by layer4.1.conv1 (2x2 map) and fc (pooled): fc drops
-    assert [k for _, k in imp.members(last)] == ["layer4.1.conv1"]
+    last = _group_of(graph, model.layer4[1].conv2)  # read by layer4.1.conv1 and, through the pooling, by fc
+    assert sorted(m.key for m in imp.members(last)) == ["global_pool.pool", "layer4.1.conv1"]
+    both = torch.stack([imp.layer_scores("layer4.1.conv1"), imp.layer_scores("global_pool.pool")])
+    assert torch.allclose(imp(last), both.mean(0), rtol=1e-12)
     plain = _group_of(graph, model.layer1[0].conv1)
-    assert torch.equal(imp(plain), imp.layer_scores(names[model.layer1[0].conv2]))
+    assert torch.equal(imp(plain), imp.layer_scores("layer1.0.conv2"))
+
+
+def _cifar_resnet() -> CifarResNet:
+    """CifarResNet-20 (the CHIP paper's CIFAR family), random weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = CifarResNet(depth=20)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def _post_activation(model: nn.Module, bn: nn.Module, batches: list[torch.Tensor]) -> list[np.ndarray]:
+    """ReLU(BN output), the ReLU applied here in numpy: the paper's post-activation map, found independently."""
+    return [np.maximum(m, 0.0) for m in capture_maps(model, bn, batches)]
+
+
+def test_default_ranks_plain_blocks_by_the_definition_on_the_post_activation_map():
+    model = _cifar_resnet()
+    batches = _batches(2, size=32, bs=3)
+    imp = _calibrated(model, batches)  # the default
+    graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 32, 32))
+    for block in model.layers:  # conv1 of every block: conv -> BN -> ReLU -> conv2, no residual coupling
+        expected = mean_oracle_ci(_post_activation(model, block.bn1, batches))
+        got = imp(_group_of(graph, block.conv1)).numpy()
+        assert spearman(got, expected) >= 0.999
+        assert np.allclose(got, expected / expected.mean(), rtol=1e-6, atol=1e-12)
+
+
+def test_default_scores_a_residual_stream_by_the_post_add_maps_its_blocks_read():
+    model = _cifar_resnet()
+    batches = _batches(2, size=32, bs=3)
+    imp = _calibrated(model, batches)
+    graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 32, 32))
+    stream = _group_of(graph, model.conv1)  # stage 1: the stem and the conv2 of its three blocks
+    # what stage 1's readers read: the stem's ReLU output, then each block's output (after add and ReLU)
+    maps = [_post_activation(model, model.bn1, batches)] + [capture_maps(model, model.layers[i], batches)
+                                                           for i in range(3)]
+    per_map = [ci / ci.mean() for ci in map(mean_oracle_ci, maps)]
+    assert np.allclose(imp(stream).numpy(), np.mean(per_map, axis=0), rtol=1e-6, atol=1e-12)
 
 
 def test_normalizations():
@@ -283,13 +307,12 @@ def test_end_to_end_resnet18_prunes_the_lowest_ci_channels_of_a_plain_conv_by_th
     result = prune(model, torch.randn(1, 3, 48, 48), importance=imp, target_macs=0.5)
     assert abs(result.macs_kept - 0.5) <= 0.01
     assert result.model(torch.randn(2, 3, 48, 48)).shape == (2, 10)
-    assert result.criterion.startswith("CHIPImportance(")
+    assert result.criterion.startswith("CHIPImportance(feature='input'")
     marks = {round(float(v), 6): i for i, v in enumerate(model.layer1[0].bn1.weight.detach())}
     kept = {marks[round(float(v), 6)] for v in result.model.layer1[0].bn1.weight.detach()}
     assert 0 < len(kept) < 64
-    # the default feature: layer1.0.conv1's own output
-    maps = _capture(model, model.layer1[0].conv1, batches)
-    mean_ci = np.mean([oracle_ci(m) for m in maps], axis=0)
+    # the default: the post-activation map of layer1.0.conv1's channels (what layer1.0.conv2 reads)
+    mean_ci = mean_oracle_ci(capture_maps(model, model.layer1[0].act1, batches))
     lowest = set(np.argsort(mean_ci)[: 64 - len(kept)].tolist())
     assert set(range(64)) - kept == lowest
 

@@ -2,8 +2,10 @@
 
 import json
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,56 @@ def test_round_to_auto_uses_the_recommended_multiple(tmp_path, capsys):
     multiple = recommended_round_to()
     for g in json.loads(report.read_text())["groups"]:
         assert g["channels_after"] % multiple == 0 or g["channels_after"] == g["channels_before"]
+
+
+def test_alpha_that_keeps_little_warns_and_a_target_does_not(tmp_path):
+    common = ["prune", "--model", "resnet18", "--input-size", "64", "--quiet", "--threads", "1"]
+    low = pfgdf(*common, "--alpha", "1.0", "--output", str(tmp_path / "a.pt"), "--report", str(tmp_path / "a.json"))
+    assert low.returncode == 0, low.stderr
+    kept = json.loads((tmp_path / "a.json").read_text())["macs_kept"]
+    assert kept < 0.25  # the README's old first example: alpha 1.0 on resnet18
+    assert f"pfgdf prune: warning: --alpha 1 kept only {kept:.1%} of the MACs" in low.stderr
+    assert "--target-macs" in low.stderr
+    target = pfgdf(*common, "--target-macs", "0.5", "--output", str(tmp_path / "t.pt"))
+    assert target.returncode == 0, target.stderr
+    assert "warning" not in target.stderr
+
+
+# ---------------------------------------------------------------- the README's shell commands
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[list[str]]:
+    """Every ``pfgdf ...`` line of README.md's bash blocks, continuation lines joined, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.strip().startswith("pfgdf ")]
+
+
+def written_paths(argv: list[str]) -> list[str]:
+    """The files and folders one command writes, from its parsed arguments (a recipe's own output_dir for run)."""
+    from pfgdf_plugin.cli import build_parser
+    from pfgdf_plugin.recipes import Recipe
+
+    args = build_parser().parse_args(argv[1:])
+    paths = [getattr(args, k, None) for k in ("output", "report", "plot", "markdown")]
+    folder = getattr(args, "output_dir", None)
+    if args.command == "run" and folder is None:
+        folder = Recipe.from_yaml(ROOT / args.config).output_dir
+    # A folder as a file inside it: git matches a `name/` pattern only to what it knows is a directory.
+    return [str(p) for p in paths if p] + ([f"{folder}/report.json"] if folder else [])
+
+
+def test_readme_commands_parse_and_their_outputs_are_ignored_and_cleaned():
+    commands = readme_commands()
+    assert len(commands) >= 8 and {c[1] for c in commands} >= {"prune", "inspect", "export", "bench", "run"}
+    assert not any("--alpha" in c for c in commands), "the README's examples prune to a target"
+    clean = re.search(r"^clean:\n\trm -rf (.*)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    cleaned = set(clean.group(1).split())
+    written = [p for c in commands for p in written_paths(c)] + ["demo-out/report.json"]
+    for path in written:
+        assert not Path(path).is_absolute() and ".." not in Path(path).parts, path
+        assert Path(path).parts[0] in cleaned, f"make clean does not remove {path}"
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
+        assert ignored.returncode == 0, f".gitignore does not cover {path}"

@@ -22,7 +22,7 @@ def test_chip_prune_from_a_tensor_file(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "calibrating CHIP" in proc.stderr and "MACs" in proc.stdout
     rep = json.loads(report.read_text())
-    assert rep["criterion"].startswith("CHIPImportance(")
+    assert rep["criterion"].startswith("CHIPImportance(feature='input'")  # the paper's post-activation maps
     assert abs(rep["macs_kept"] - 0.6) <= 0.01
     model = load_pruned(str(out))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -13,7 +13,8 @@ import pytest
 
 from pfgdf_plugin.cli import compare as cli_compare
 from pfgdf_plugin.criteria import registry
-from pfgdf_plugin.studies.compare import CRITERIA, CompareConfig
+from pfgdf_plugin.studies.compare import CRITERIA, OUTPUTS, CompareConfig, plot, quick_summary, write_outputs
+from pfgdf_plugin.studies.compare.summary import stats
 
 CELL_KEYS = {"criterion", "target", "seed", "macs_kept", "params_kept", "macs_after", "params_after", "acc_stale",
              "acc_recal", "acc_finetuned", "prune_seconds", "finetune_seconds", "groups_kept", "latency_ms",
@@ -104,9 +105,62 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path):
 
 def test_quick_defaults_yield_to_explicit_options():
     config = cli_compare.config_from_args(_args(["--quick", "--data", "mnist", "--width", "4", "--no-latency"]))
-    assert (config.data, config.width, config.train_epochs, config.limit, config.latency) == ("mnist", 4, 1, 600,
+    assert (config.data, config.width, config.train_epochs, config.limit, config.latency) == ("mnist", 4, 5, None,
                                                                                               False)
+    assert (config.targets, config.seeds, config.criteria) == ((0.5,), (0, 1), CRITERIA)
+    assert cli_compare.config_from_args(_args(["--quick", "--seeds", "3"])).seeds == (3,)
     assert cli_compare.config_from_args(_args([])) == CompareConfig()
+
+
+def test_quick_is_a_small_grid_of_every_criterion():
+    """--quick ran the full grid (13 x 3 x 3 cells, 13.75 minutes): now every criterion once per seed, at one target."""
+    quick, full = CompareConfig.smoke(), CompareConfig()
+    cells = len(quick.criteria) * len(quick.targets) * len(quick.seeds)
+    assert quick.criteria == full.criteria and cells == 2 * len(CRITERIA) == 26
+    assert len(full.criteria) * len(full.targets) * len(full.seeds) == 117
+    assert str(quick.targets[0]) in quick_summary() and "every criterion" in quick_summary()
+
+
+@pytest.mark.parametrize("value", [0.003, 0.007, 0.1, 1 / 3])
+def test_mean_of_equal_seeds_stays_within_min_and_max(value):
+    """statistics.fmean([0.003] * 3) is 0.0030000000000000005: the negative error bar that crashed the plot."""
+    for n in (1, 2, 3, 5):
+        row = stats([value] * n)
+        assert row["min"] <= row["mean"] <= row["max"] and row["mean"] == value and row["std"] == 0.0
+
+
+def _report(mean_outside: bool) -> dict:
+    """A small comparison report; with ``mean_outside``, means one ulp above max as older versions wrote them."""
+    acc = 0.003
+    cell = {"mean": 0.0030000000000000005 if mean_outside else acc, "min": acc, "max": acc, "std": 0.0}
+    row = {"criterion": "l1", "target": 0.5, "seeds": 3, "failed": 0, "macs_kept": {"mean": 0.5},
+           "params_kept": {"mean": 0.4}, "acc_stale": cell, "acc_recal": cell, "acc_finetuned": cell}
+    config = {"criteria": ["l1"], "data": "digits", "seeds": [0, 1, 2], "train_images": 8, "test_images": 2,
+              "width": 8, "train_epochs": 1, "recalibration_batches": 1, "finetune_epochs": 1, "finetune_lr": 0.01}
+    return {"config": config, "unpruned": {"accuracy": 0.9, "macs": 1e6, "params": 10}, "summary": [row],
+            "runs": [], "seconds": 1.0}
+
+
+def test_plot_survives_a_mean_rounded_outside_its_range(tmp_path):
+    report = _report(mean_outside=True)
+    assert report["summary"][0]["acc_recal"]["mean"] > report["summary"][0]["acc_recal"]["max"]
+    assert plot(report, tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_and_json_are_written_before_the_plot(tmp_path, monkeypatch):
+    """A plotting error loses nothing: compare.json and compare.md are on disk, the error is returned."""
+    from pfgdf_plugin.studies.compare import report as compare_report
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("'yerr' must not contain negative values")
+
+    monkeypatch.setattr(compare_report, "plot", broken)
+    paths, error = write_outputs(_report(mean_outside=False), tmp_path / "out")
+    assert [p.name for p in paths] == list(OUTPUTS[:2])
+    assert error == "ValueError: 'yerr' must not contain negative values"
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["summary"][0]["criterion"] == "l1"
+    assert "| l1 | 0.50 |" in (tmp_path / "out" / "compare.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

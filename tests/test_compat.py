@@ -37,7 +37,7 @@ def test_the_group_search_hot_spots_exist_and_can_be_bounded():
     for owner, name in spots:
         assert callable(getattr(owner, name)), f"{owner.__name__}.{name} is gone"
     before = [getattr(owner, name) for owner, name in spots]
-    with compat.bounded_group_search(60.0):
+    with compat.bounded_group_search(10_000, members=10_000):
         _group()
     assert [getattr(owner, name) for owner, name in spots] == before  # patched only inside the block
 

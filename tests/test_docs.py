@@ -207,6 +207,52 @@ def test_api_reference_documents_every_public_name(site):
     assert missing == []
 
 
+def test_api_examples_render_as_code_without_raw_roles(site):
+    """Docstring examples are highlighted code blocks, not blockquotes of run-together text; no Sphinx roles."""
+    html = _page_html(site, "api.md")
+    assert re.findall(r":(?:meth|class|func|attr|mod):`", html) == []
+    assert "<blockquote>" not in html and "<p>&gt;&gt;&gt;" not in html
+    prompts = html.count('<span class="gp">&gt;&gt;&gt; </span>')
+    assert prompts >= 50, prompts  # every public function's examples, as highlighted Python sessions
+
+
+# ---------------------------------------------------------------- layout
+
+# About 80 monospace characters fit a code block at a 1280 px window with both sidebars shown (measured in
+# headless Chromium); longer lines are cut at the block's edge and need a horizontal scroll.
+CODE_WIDTH = 80
+WRAPPED_PAGES = ("recipes.md", "deployment.md", "benchmarks.md", "criteria.md")
+
+
+@pytest.mark.parametrize("page", WRAPPED_PAGES)
+def test_code_lines_fit_the_content_width(page):
+    """Commands and code on these pages fit the block (program output, in ``text`` blocks, may scroll)."""
+    long = [f"{page}:{line + i}: {len(text)} characters" for line, lang, code in
+            code_blocks((DOCS / page).read_text(encoding="utf-8"))
+            for i, text in enumerate(code.splitlines()) if len(text) > CODE_WIDTH and not _is_output(lang, code)]
+    assert long == []
+
+
+def _is_output(lang: str, code: str) -> bool:
+    """A ``text`` block that is a program's printed output rather than commands to type."""
+    first = code.lstrip().split(maxsplit=1)[0] if code.strip() else ""
+    return lang == "text" and first not in ("pfgdf", "python", "make", "cd", "./build.sh", "#")
+
+
+def test_wide_tables_scroll_and_keep_names_whole(site):
+    """extra.css is on every page: table cells never break a name or a number, long tables scroll in a box."""
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    rules = {m.group(1).strip(): m.group(2) for m in re.finditer(r"([^{}]+)\{([^}]*)\}", re.sub(r"/\*.*?\*/", "", css,
+                                                                                              flags=re.S))}
+    code_cell = next(body for sel, body in rules.items() if "table:not([class]) code" in sel)
+    assert "white-space: nowrap" in code_cell and "word-break: normal" in code_cell
+    scroll = rules[".md-typeset__scrollwrap"]
+    assert "overflow: auto" in scroll and "max-height" in scroll
+    assert "position: sticky" in next(body for sel, body in rules.items() if "thead th" in sel)
+    pages = sorted(site.rglob("index.html"))
+    assert pages and all('stylesheets/extra.css"' in p.read_text(encoding="utf-8") for p in pages)
+
+
 # ---------------------------------------------------------------- runnable snippets
 
 

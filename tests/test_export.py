@@ -1,5 +1,6 @@
 """export_onnx / export_ort / quantize_int8 and `pfgdf export`: parity, INT8 agreement, files, clear errors."""
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -228,6 +229,63 @@ def test_no_temporary_files_left(resnet):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+def test_healthy_parity_check_is_not_weak_and_measures_the_spread(resnet):
+    """output_spread against an independent float64 run of the model on the export's own inputs."""
+    parity = resnet.onnx["pruned"].parity
+    x = torch.randn(parity.samples, *SIZE, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        y = copy.deepcopy(resnet.models["pruned"]).double().eval()(x)
+    expected = float((y - y[:1]).abs().max() / y.abs().max())
+    assert parity.output_spread == pytest.approx(expected, rel=1e-4) and parity.output_spread > 1e-2
+    assert parity.weakness is None and str(parity).endswith(": ok")
+    assert resnet.onnx["pruned"].to_dict()["parity"]["weakness"] is None
+
+
+def _tiny_output_vgg() -> nn.Module:
+    """Outputs about 1e-6, as random-weight efficientnet_b0 gives (1.8e-5): a pass there proves little."""
+    model = CifarVGG(SMALL_VGG).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(1e-6)
+        model.classifier.bias.zero_()
+    return model
+
+
+class _AlmostConstant(nn.Module):
+    """Its output is its bias, whatever the input (to within 1e-9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 10)
+        with torch.no_grad():
+            self.head.weight.fill_(1e-9)
+            self.head.bias.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("make, reason", [
+    (_tiny_output_vgg, "outputs at most"),
+    (_AlmostConstant, "outputs almost the same for every input"),
+])
+def test_weak_parity_checks_are_flagged(tmp_path, make, reason):
+    out = export_onnx(make(), tmp_path / "m.onnx", (3, 32, 32), exporter="torchscript")
+    assert out.parity.passed and out.parity.weakness.startswith(reason)
+    assert str(out.parity).endswith(": ok, but weak")
+    assert out.to_dict()["parity"]["weakness"] == out.parity.weakness
+
+
+def test_cli_export_warns_about_a_weak_parity_check(tmp_path, capsys):
+    path = save_pruned(_tiny_output_vgg(), tmp_path / "tiny.pt", metadata={"input_size": [3, 32, 32]})
+    capsys.readouterr()
+    assert main(["export", str(path), "--output-dir", str(tmp_path / "out"), "--exporter", "torchscript",
+                 "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert "ok, but weak" in stdout and f"warning: {tmp_path / 'out' / 'model.onnx'}: weak parity check" in stdout
+    report = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert report["onnx"]["parity"]["weakness"].startswith("outputs at most")
+
+
 @pytest.fixture(scope="module")
 def pruned_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
@@ -273,7 +331,11 @@ def test_cli_export_errors(pruned_file, tmp_path, capsys):
 
     def fails(*args: str, match: str) -> None:
         capsys.readouterr()
-        assert main(["export", *args]) == 2
+        try:
+            code = main(["export", *args])
+        except SystemExit as exit_:  # a bad value that argparse itself refuses (the option's type)
+            code = exit_.code
+        assert code == 2
         assert match in capsys.readouterr().err
 
     fails(str(tmp_path / "missing.pt"), "--output-dir", str(out), match="no model file")

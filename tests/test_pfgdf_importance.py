@@ -90,13 +90,17 @@ def test_fallback_to_norm_scales_when_nothing_else_is_prunable():
     np.testing.assert_allclose(to_np(PFGDFImportance()(group)), expected, rtol=1e-6)
 
 
-def test_constant_layer_and_single_channel_give_zero_z():
+def test_constant_layer_scores_as_an_ideal_gaussian_and_single_channel_gives_zero_z():
     model = nn.Sequential(nn.Conv2d(3, 5, 1), nn.Conv2d(5, 1, 1), nn.Conv2d(1, 2, 1)).eval()
     with torch.no_grad():
         model[0].weight.fill_(0.25)
     x = torch.randn(1, 3, 4, 4)
-    assert torch.equal(PFGDFImportance()(_group(model, model[0], tp.prune_conv_out_channels, x)),
-                       torch.zeros(5, dtype=torch.float64))
+    # The expected |z| quantiles of a standard normal, ascending: |Phi^-1((k + 0.5) / 5)| (scipy-free reference).
+    from statistics import NormalDist
+
+    quantiles = sorted(abs(NormalDist().inv_cdf((k + 0.5) / 5)) for k in range(5))
+    np.testing.assert_allclose(to_np(PFGDFImportance()(_group(model, model[0], tp.prune_conv_out_channels, x))),
+                               quantiles, rtol=1e-12, atol=1e-15)
     assert torch.equal(PFGDFImportance()(_group(model, model[1], tp.prune_conv_out_channels, x)),
                        torch.zeros(1, dtype=torch.float64))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 import torch
 import yaml
 
+from pfgdf_plugin.cli import main
 from pfgdf_plugin.cli import run as run_cli
 from pfgdf_plugin.models.zoo import CifarResNet
-from pfgdf_plugin.recipes import Recipe, apply_overrides, run_job
+from pfgdf_plugin.recipes import Recipe, apply_overrides, run_job, safe_yaml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -125,6 +128,77 @@ def test_dry_run_prints_the_resolved_recipe(tmp_path, capsys):
     assert shown["output_dir"] == str(out) and shown["model"]["name"] == "mobilenetv3_small_050"
     assert Recipe.from_dict(shown).prune.target_params == 0.4
     assert not out.exists()
+
+
+def test_dry_run_builds_the_model_so_unknown_kwargs_fail_there(tmp_path, capsys):
+    bad = write_recipe(tmp_path / "bad.yaml", {"model": {"name": "resnet10t", "kwargs": {"dropout": 0.1}},
+                                               "input_size": [1, 8, 8], "output_dir": str(tmp_path / "out")})
+    with pytest.raises(ValueError, match=r"^recipe: model\.kwargs \{'dropout': 0\.1\} do not fit 'resnet10t': .*drop"):
+        pfgdf_run("--config", str(bad), "--dry-run")
+    assert main(["run", "--config", str(bad), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("pfgdf run: error: recipe: model.kwargs {'dropout': 0.1} do not fit")
+    # Kwargs the constructor takes pass, without building anything real (the vit recipe sets img_size).
+    assert pfgdf_run("--config", str(RECIPES / "vit_tiny_heads.yaml"), "--dry-run", "--quiet",
+                     "--output-dir", str(tmp_path / "vit")) == 0
+    assert not (tmp_path / "out").exists() and not (tmp_path / "vit").exists()
+
+
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+
+
+@pytest.mark.parametrize("text, message", [
+    (BOMB, r"expands to over 10,000 values \(each alias repeats what it names\); refused"),
+    ("prune: &p {alpha: *p}\n", r"has a recursive alias"),
+    ("[" * 50_000, r"is nested too deeply"),
+])
+def test_yaml_that_expands_without_bound_is_refused(tmp_path, text, message):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^recipe: '{re.escape(str(path))}': the YAML " + message):
+        Recipe.from_yaml(path)
+    with pytest.raises(ValueError, match="^recipe: override 'name=.*: the value: the YAML " + message):
+        Recipe.from_dict({}, [f"name={text}"])
+
+
+def test_a_huge_recipe_file_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as f:
+        f.truncate(130 * 2**20)  # 130 MiB, sparse: nothing is written, and nothing must be read
+    with pytest.raises(ValueError, match=r"huge\.yaml' is larger than 1 MiB; a recipe is a few hundred bytes"):
+        Recipe.from_yaml(path)
+    monkeypatch.setattr(safe_yaml, "MAX_BYTES", 100)  # the boundary, on a small scale
+    path.write_text("name: " + "x" * 94)
+    assert Recipe.from_yaml(path).name == "x" * 94
+    path.write_text("name: " + "x" * 95)
+    with pytest.raises(ValueError, match="is larger than"):
+        Recipe.from_yaml(path)
+
+
+def test_image_folders_need_two_classes_and_matching_validation_folders(tmp_path):
+    one = digits_image_folder(tmp_path / "one", per_class=3)
+    for extra in sorted(one.iterdir())[1:]:
+        shutil.rmtree(extra)
+    recipe = Recipe.from_dict({"data": {"source": str(one)}, "input_size": [1, 8, 8]})
+    with pytest.raises(ValueError, match=r"data\.source .*one' holds 1 class folder\(s\) \['digit0'\]; a classifier "
+                       "needs two classes or more"):
+        recipe.check_files()
+    train = digits_image_folder(tmp_path / "train", per_class=2)
+    val = digits_image_folder(tmp_path / "val", per_class=1)
+    shutil.rmtree(val / "digit3")
+    recipe = Recipe.from_dict({"data": {"source": str(train), "val_source": str(val)}, "input_size": [1, 8, 8]})
+    with pytest.raises(ValueError, match=r"data\.val_source .* has class folders .* but data\.source has "):
+        recipe.check_files()
+
+
+def test_one_label_in_a_tensor_file_is_refused_before_training(tmp_path):
+    data = tmp_path / "one.pt"
+    torch.save({"images": torch.rand(20, 1, 8, 8), "labels": torch.zeros(20, dtype=torch.long)}, data)
+    recipe = Recipe.from_dict({"data": {"source": str(data)}, "input_size": [1, 8, 8],
+                               "output_dir": str(tmp_path / "out")})
+    with pytest.raises(ValueError, match=r"the training images carry 1 label\(s\) \[0\]; a classifier needs two"):
+        run_job(recipe, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))

@@ -16,8 +16,18 @@ Part 2 (network): a CIFAR ResNet-56 (random weights) is calibrated on ``--sample
 for a clean peak-memory reading. The reference's time for the same maps is estimated from its per-sample rate
 measured for each map shape in this run.
 
+Part 3 (``--hook-points``): which map the default scores. On a CIFAR ResNet-56 (random weights, random BatchNorm
+statistics, 32 random images), every block's conv1 group (conv -> BN -> ReLU -> conv2, no residual coupling) is
+scored with each ``feature`` and ranked against the float64 definition on the post-activation map (ReLU of the BN
+output, taken with a plain hook): Spearman and the lowest half in common.
+
+Part 4 (``--recalibration``): what one recalibration of a self-calibrating ``CHIPImportance(calibration=...)``
+costs on timm's resnet18 (random weights) at 224x224, 5 batches of 32 digits resized, and what the per-call
+"has the model changed" check costs.
+
     python examples/benchmarks/bench_chip.py --output bench-out/chip.json
     python examples/benchmarks/bench_chip.py --quick          # a small smoke run
+    python examples/benchmarks/bench_chip.py --hook-points --recalibration --threads 1 --output bench-out/chip-13.json
 """
 
 from __future__ import annotations
@@ -204,6 +214,130 @@ def network_part(samples: int, batch: int, seed: int, calib_data: str | None) ->
     }
 
 
+def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    def ranks(v: torch.Tensor) -> torch.Tensor:  # average ranks for ties
+        v = v.double()
+        r = torch.empty_like(v)
+        r[torch.argsort(v, stable=True)] = torch.arange(len(v), dtype=v.dtype)
+        for value in v.unique():
+            r[v == value] = r[v == value].mean()
+        return r - r.mean()
+
+    rx, ry = ranks(x), ranks(y)
+    return float((rx * ry).sum() / ((rx * rx).sum() * (ry * ry).sum()).sqrt())
+
+
+def hook_points(samples: int, seed: int) -> dict:
+    """Each feature's ranking of plain-block channels against the definition on the post-activation map."""
+    import torch_pruning as tp
+
+    from pfgdf_plugin import CHIPImportance
+    from pfgdf_plugin.models.zoo import CifarResNet
+
+    torch.manual_seed(seed)
+    model = CifarResNet(depth=56)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t, lo, hi in ((m.running_mean, -0.3, 0.3), (m.running_var, 0.5, 2.0), (m.weight, 0.5, 1.5),
+                                  (m.bias, -0.3, 0.3)):
+                    t.uniform_(lo, hi)
+    model.eval()
+    x = torch.randn(samples, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+    graph = tp.DependencyGraph().build_dependency(model, x[:1])
+    imps = {f: CHIPImportance(feature=f, calibration=x) for f in ("input", "output", "norm")}
+    rows: dict[str, list] = {f: [] for f in imps}
+    for block in model.layers:
+        post: list[torch.Tensor] = []
+        handle = block.bn1.register_forward_hook(lambda _m, _i, out, post=post: post.append(out.clamp(min=0)))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        maps = post[0].flatten(2)
+        truth = torch.stack([oracle_ci(m) for m in maps]).mean(0)
+        group = graph.get_pruning_group(block.conv1, tp.prune_conv_out_channels,
+                                        idxs=list(range(block.conv1.out_channels)))
+        half = len(truth) // 2
+        for f, imp in imps.items():
+            got = imp(group)
+            common = len(set(torch.argsort(got)[:half].tolist()) & set(torch.argsort(truth)[:half].tolist()))
+            rows[f].append({"channels": len(truth), "spearman": _spearman(got, truth), "common": common,
+                            "half": half})
+    out = {"model": "CifarResNet(depth=56), random weights and BN statistics", "samples": samples, "features": {}}
+    print(f"\nhook points: {len(model.layers)} plain conv1 groups of ResNet-56, {samples} samples; ranking vs the "
+          "float64 definition on the post-activation map")
+    for f, r in rows.items():
+        for c in sorted({row["channels"] for row in r}):
+            sel = [row for row in r if row["channels"] == c]
+            rho = [row["spearman"] for row in sel]
+            summary = {"spearman_mean": sum(rho) / len(rho), "spearman_min": min(rho),
+                       "lowest_half_common": sum(row["common"] for row in sel), "lowest_half": sum(row["half"] for
+                                                                                                  row in sel)}
+            out["features"].setdefault(f, {})[str(c)] = summary
+            print(f"  feature={f:<7} {c:>3} ch x {len(sel)}: Spearman mean {summary['spearman_mean']:6.3f} min "
+                  f"{summary['spearman_min']:6.3f}; lowest half in common {summary['lowest_half_common']} of "
+                  f"{summary['lowest_half']}")
+    return out
+
+
+def _best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def recalibration(batches: int, batch: int, size: int) -> dict:
+    """One recalibration of a self-calibrating CHIP on timm resnet18, and the per-call change check's cost."""
+    import timm
+    import torch_pruning as tp
+
+    from pfgdf_plugin import CHIPImportance
+    from pfgdf_plugin.criteria.chip.state import StateKey, state_digest
+    from pfgdf_plugin.data import calibration_loader
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    images = [x for x, _ in calibration_loader("digits", (3, size, size), batch_size=batch, num_batches=batches)]
+    imp = CHIPImportance(calibration=images)
+    graph = tp.DependencyGraph().build_dependency(model, images[0][:1])
+    group = graph.get_pruning_group(model.layer1[0].conv1, tp.prune_conv_out_channels, idxs=list(range(64)))
+
+    def forward() -> None:
+        with torch.no_grad():
+            for x in images:
+                model(x)
+
+    forward_s = _best_of(forward, 2)
+    recal = []
+    for _ in range(2):  # an in-place write, then the next call recalibrates
+        with torch.no_grad():
+            model.fc.bias.add_(1e-3)  # new values: the digest differs, so it recalibrates
+        start = time.perf_counter()
+        imp(group)
+        recal.append(time.perf_counter() - start)
+    key = StateKey.of(model)
+    out = {
+        "model": "timm resnet18, random weights", "input": [3, size, size], "batches": batches, "batch": batch,
+        "data": "scikit-learn digits, resized", "forward_only_s": forward_s, "recalibration_s": min(recal),
+        "calibrations": imp.calibrations,
+        "unchanged_call_ms": 1e3 * _best_of(lambda: imp(group), 20),
+        "state_key_build_ms": 1e3 * _best_of(lambda: StateKey.of(model), 20),
+        "state_key_match_ms": 1e3 * _best_of(lambda: key.matches(model), 20),
+        "state_digest_ms": 1e3 * _best_of(lambda: state_digest(model), 5),
+    }
+    print(f"\nrecalibration: resnet18 at {size}x{size}, {batches} batches of {batch} digits, "
+          f"{torch.get_num_threads()} thread(s)")
+    print(f"  forward passes alone     {out['forward_only_s']:8.2f} s")
+    print(f"  one recalibration        {out['recalibration_s']:8.2f} s  (forward passes + CI of every hooked map)")
+    print(f"  a call, model unchanged  {out['unchanged_call_ms']:8.2f} ms (change check + scoring one group)")
+    print(f"  state key: build {out['state_key_build_ms']:.3f} ms, match {out['state_key_match_ms']:.3f} ms; "
+          f"value digest {out['state_digest_ms']:.1f} ms")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # --study: which tensor to hook and how to normalise, decided by accuracy after pruning a trained network.
 
@@ -362,6 +496,18 @@ def hardware() -> dict:
     }
 
 
+def _parts_3_and_4(args: argparse.Namespace, result: dict) -> int:
+    if args.hook_points:
+        result["hook_points"] = hook_points(8 if args.quick else 32, args.seed)
+    if args.recalibration:
+        result["recalibration"] = recalibration(2, 4, 64) if args.quick else recalibration(5, 32, 224)
+    result["hardware"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=None, help="write the results as JSON to this path")
@@ -378,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study-only", action="store_true", help="only the study")
     p.add_argument("--study-epochs", type=int, default=8, help="training epochs of the study's network (8)")
     p.add_argument("--study-seeds", type=int, default=5, help="networks trained for the study (5)")
+    p.add_argument("--hook-points", action="store_true", help="only part 3: each feature vs the post-activation map")
+    p.add_argument("--recalibration", action="store_true", help="only part 4: one recalibration of resnet18 at 224")
     p.add_argument("--network-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -389,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     result: dict = {"hardware": hardware(), "shapes": [], "network": None, "study": None}
+    if args.hook_points or args.recalibration:
+        return _parts_3_and_4(args, result)
     if args.study_only:
         result["study"] = {arch: study(args.study_seeds, args.study_epochs, 16, arch) for arch in STUDY_MODELS}
         if args.output:

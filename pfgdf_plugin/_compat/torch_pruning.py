@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.utils import op_counter
 
-from pfgdf_plugin._util.budget import checked_calls
+from pfgdf_plugin._util.budget import BudgetExceeded, counted_calls
 
 
 def graph_of(group: tp.dependency.Group) -> tp.DependencyGraph:
@@ -43,9 +43,44 @@ def search_hot_spots() -> list[tuple[type, str]]:
     return spots
 
 
-def bounded_group_search(seconds: float | None) -> checked_calls:
-    """A block in which Torch-Pruning's group search raises ``BudgetExceeded`` after ``seconds`` (``None``: never)."""
-    return checked_calls(seconds, search_hot_spots())
+class _GroupTooLarge:
+    """Raise ``BudgetExceeded`` once the group being built holds more than ``limit`` members (``Group._group``)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+
+    def __enter__(self) -> _GroupTooLarge:
+        from torch_pruning.dependency import group
+
+        self._original = original = group.Group.add_dep
+        limit = self.limit
+
+        def add_dep(self_: group.Group, *args: object, **kwargs: object) -> object:
+            out = original(self_, *args, **kwargs)
+            if limit is not None and len(self_._group) > limit:
+                raise BudgetExceeded(f"grew past {limit:,} members")
+            return out
+
+        group.Group.add_dep = add_dep
+        return self
+
+    def __exit__(self, *_exc: object) -> bool:
+        from torch_pruning.dependency import group
+
+        group.Group.add_dep = self._original
+        return False
+
+
+@contextlib.contextmanager
+def bounded_group_search(
+    steps: int | None, deadline: float | None = None, members: int | None = None
+) -> Iterator[counted_calls]:
+    """A block in which Torch-Pruning's group search raises ``BudgetExceeded`` after ``steps`` hot-spot calls or
+    once the group holds more than ``members`` members (``None``: no such limit), and ``DeadlineExceeded`` once
+    ``time.perf_counter()`` passes ``deadline``. Both limits count work, so they stop at the same place on every
+    machine."""
+    with _GroupTooLarge(members), counted_calls(steps, search_hot_spots(), deadline) as counter:
+        yield counter
 
 
 @contextlib.contextmanager

@@ -191,6 +191,36 @@ def output_file(name: str, path: object, suffix: str) -> Path:
         raise bad(name, f"a file path ending in {suffix}", str(target))
     if target.is_dir():
         raise ValueError(f"{name} {str(target)!r} is a directory; give a file path ending in {suffix}")
+    _writable_place(name, target)
+    return target
+
+
+def _writable_place(name: str, target: Path) -> None:
+    """The nearest existing ancestor of ``target`` must be a writable directory."""
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name} {str(target)!r} cannot be created: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(target)!r} cannot be written: no write permission in {str(ancestor)!r}")
+
+
+def output_path(name: str, path: object) -> Path:
+    """A file path to write: not empty, not a directory, in a place that can be written (it need not exist)."""
+    target = Path(text(name, path))
+    if target.is_dir():
+        raise ValueError(f"{name} {str(target)!r} is a directory; give a file path")
+    _writable_place(name, target)
+    return target
+
+
+def output_directory(name: str, path: object) -> Path:
+    """A directory to write into: an existing directory, or a path that can be created (checked before work)."""
+    target = Path(text(name, path))
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{name} {str(target)!r} exists and is not a directory")
+    _writable_place(name, target)
     return target
 
 

@@ -14,11 +14,13 @@ class SearchResult:
         threshold: the threshold found.
         kept: the predicted kept fraction at ``threshold``.
         steps: evaluations made.
+        above: the largest threshold seen that keeps more than the target, and what it keeps.
     """
 
     threshold: float
     kept: float
     steps: int
+    above: tuple[float, float] | None = None
 
 
 def bisect_threshold(
@@ -41,8 +43,8 @@ def bisect_threshold(
         (2.0, 0.5)
     """
     lo = 0.0
-    steps = 0
     best = SearchResult(lo, kept_at(lo), 1)
+    above = (lo, best.kept) if best.kept > target else None
     steps = 1
     while steps < max_steps:
         mid = 0.5 * (lo + hi)
@@ -54,6 +56,7 @@ def bisect_threshold(
             break
         if kept > target:
             lo = mid
+            above = (mid, kept)
         else:
             hi = mid
-    return SearchResult(best.threshold, best.kept, steps)
+    return SearchResult(best.threshold, best.kept, steps, above)

@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pfgdf_plugin._util import io as _io
-from pfgdf_plugin._util import validate as check
-from pfgdf_plugin.measure.latency import PROTOCOL_RUNS, benchmark_latency
-from pfgdf_plugin.measure.platform import available_cpus
-from pfgdf_plugin.models.saved import load_pruned_with_metadata
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.cli._names import PROTOCOL_RUNS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=PROTOCOL_RUNS,
                    help=f"timed runs per model and thread count (default and protocol minimum: {PROTOCOL_RUNS})")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default: 10)")
-    p.add_argument("--input-size", type=check.argtype(check.input_size, "--input-size"), default=None,
+    p.add_argument("--input-size", type=_common.input_size("--input-size"), default=None,
                    help="input as SIZE, HxW or CxHxW; only for models exported without a fixed input size")
     p.add_argument("--torch", metavar="PT", default=None,
                    help="also time a model file from pfgdf prune in PyTorch eager mode, and the unpruned "
@@ -50,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> list[int]:
     """Refuse bad arguments before any model is loaded; returns the thread counts."""
+    from pfgdf_plugin._util import validate as check
+    from pfgdf_plugin.measure.platform import available_cpus
+
     check.distinct([*args.models, args.baseline, args.torch], [args.report, args.plot, args.markdown])
     if args.plot:
         check.output_file("--plot", args.plot, ".png")
@@ -65,6 +65,10 @@ def _check(args: argparse.Namespace) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pfgdf_plugin._util import io as _io
+    from pfgdf_plugin.measure.latency import benchmark_latency
+    from pfgdf_plugin.models.saved import load_pruned_with_metadata
+
     threads = _check(args)
     log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if args.runs < PROTOCOL_RUNS:

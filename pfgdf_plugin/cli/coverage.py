@@ -5,25 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pfgdf_plugin._util import validate as check
-from pfgdf_plugin.studies.coverage import (
-    DEFAULT_MEMORY_LIMIT_GB,
-    DEFAULT_TIMEOUT,
-    FAST_SUBSET,
-    MACS_KEPT_LIMIT,
-    TARGET_MACS,
-    CoverageReport,
-    CoverageRow,
-    cases_for,
-    sweep,
-)
+from pfgdf_plugin.cli import _common
+from pfgdf_plugin.cli._names import COVERAGE_FAST as FAST_SUBSET
+from pfgdf_plugin.cli._names import COVERAGE_MACS_KEPT_LIMIT as MACS_KEPT_LIMIT
+from pfgdf_plugin.cli._names import COVERAGE_MEMORY_LIMIT_GB as DEFAULT_MEMORY_LIMIT_GB
+from pfgdf_plugin.cli._names import COVERAGE_TARGET_MACS as TARGET_MACS
+from pfgdf_plugin.cli._names import COVERAGE_TIMEOUT as DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from pfgdf_plugin.studies.coverage import CoverageRow
 
 OUTPUTS: tuple[str, ...] = ("coverage.json", "coverage.md")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    fast = ", ".join(c.name for c in FAST_SUBSET)
+    fast = ", ".join(FAST_SUBSET)
     p = sub.add_parser(
         "coverage",
         help="sweep timm architectures: prune to half the MACs, run, export to ONNX, check every step",
@@ -45,13 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="timm model names to check as they are (with or instead of MODULEs)")
     p.add_argument("--fast", action="store_true",
                    help=f"the fixed fast subset at reduced input sizes, about a minute: {fast}")
-    p.add_argument("--jobs", type=check.argtype(check.integer, "--jobs", minimum=1), default=1,
+    p.add_argument("--jobs", type=_common.positive_int("--jobs"), default=1,
                    help="models checked at the same time, one process each (default: 1)")
-    p.add_argument("--timeout", type=check.argtype(check.positive_float, "--timeout"), default=DEFAULT_TIMEOUT,
+    p.add_argument("--timeout", type=_common.positive("--timeout"), default=DEFAULT_TIMEOUT,
                    help=f"seconds per model before it counts as `timeout` (default: {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--threads", type=check.argtype(check.integer, "--threads", minimum=1), default=1,
+    p.add_argument("--threads", type=_common.threads("--threads"), default=1,
                    help="torch / OpenMP threads per model (default: 1)")
-    p.add_argument("--memory-limit", type=check.argtype(check.positive_float, "--memory-limit"),
+    p.add_argument("--memory-limit", type=_common.positive("--memory-limit"),
                    default=DEFAULT_MEMORY_LIMIT_GB, metavar="GB",
                    help=f"resident memory per model before it is stopped (default: {DEFAULT_MEMORY_LIMIT_GB:g})")
     p.add_argument("--output-dir", default="coverage-out",
@@ -61,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pfgdf_plugin.studies.coverage import FAST_SUBSET as FAST_CASES
+    from pfgdf_plugin.studies.coverage import CoverageReport, cases_for, sweep
+
     chosen = [n for n, given in (("MODULE", args.modules), ("--all", args.all), ("--fast", args.fast)) if given]
     if len(chosen) > 1:
         raise ValueError(f"give only one of MODULE names, --all and --fast (got {' and '.join(chosen)})")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output-dir {str(out)!r} is a file; give a folder")
     # Names are checked here, before anything runs; unknown ones come back with their closest matches.
-    cases = list(FAST_SUBSET) if args.fast else cases_for(args.modules, args.models)
+    cases = list(FAST_CASES) if args.fast else cases_for(args.modules, args.models)
     json_path, md_path = out / OUTPUTS[0], out / OUTPUTS[1]
     command = "pfgdf coverage " + " ".join(_argv(args))
 

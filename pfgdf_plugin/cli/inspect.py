@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch_pruning as tp
-
-from pfgdf_plugin._util.modes import eval_mode
-from pfgdf_plugin._util.units import si
 from pfgdf_plugin.cli import _common
-from pfgdf_plugin.models.meta import ModelMeta
-from pfgdf_plugin.models.saved import load_pruned_with_metadata
+
+if TYPE_CHECKING:
+    from pfgdf_plugin.models.meta import ModelMeta
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +42,7 @@ def metadata_lines(meta: ModelMeta) -> list[str]:
     """The metadata that is set, one ``key: value`` line each, values formatted for reading.
 
     Examples:
+        >>> from pfgdf_plugin.models.meta import ModelMeta
         >>> metadata_lines(ModelMeta(timm_model="resnet18", macs_kept=0.0939626155070069, input_size=(3, 64, 64)))
         ['  timm_model: resnet18', '  input_size: 3x64x64', '   macs_kept: 9.4%']
     """
@@ -53,6 +50,13 @@ def metadata_lines(meta: ModelMeta) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    import torch_pruning as tp
+
+    from pfgdf_plugin._util.modes import eval_mode
+    from pfgdf_plugin._util.units import si
+    from pfgdf_plugin.models.saved import load_pruned_with_metadata
+
     model, meta = load_pruned_with_metadata(args.path, trust_pickle=args.trust_pickle)
     size = args.input_size or meta.input_size or (3, 224, 224)
     x = torch.randn(1, *size)

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from pfgdf_plugin.recipes import Recipe, execute_job
+from pfgdf_plugin.cli import _common
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,17 +28,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override one recipe value, read as YAML, e.g. --set train.epochs=1 --set "
                    "prune.target_macs=0.4 --set benchmark.threads=[1,4]; repeat for several")
     p.add_argument("--dry-run", action="store_true",
-                   help="check the recipe and its files, print it with every default filled in, and stop")
+                   help="check the recipe, its files and that its model can be built (model.kwargs included), "
+                   "print it with every default filled in, and stop")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _common.add_threads(p, "training, pruning, fine-tuning and exporting (benchmark.threads sets what latency is "
+                        "measured at)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pfgdf_plugin._util.threads import set_threads
+    from pfgdf_plugin.recipes import Recipe, execute_job
+
     recipe = Recipe.from_yaml(args.config, args.overrides)
     if args.output_dir is not None:
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir)
+    set_threads(args.threads)
     if args.dry_run:
         recipe.check_files()
+        recipe.check_model()
         print(recipe.to_yaml(), end="")
         if not args.quiet:
             print(f"recipe {args.config!r} is valid; nothing was run", file=sys.stderr)

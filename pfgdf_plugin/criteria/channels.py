@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,13 @@ Role = Literal["out", "in", "norm"]
 """``out``: the channel is a filter (conv out-channel, linear out-feature) of this layer.
 ``in``: the channel is an input channel of this layer. ``norm``: a per-channel affine norm parameter."""
 
+
+class Mapped(Protocol):
+    """Anything that places per-position scores on a group's channels: ``root_idxs[j]`` is the group channel
+    that the member's ``j``-th scored position belongs to (a `ChannelSlice`, or a criterion's own member)."""
+
+    @property
+    def root_idxs(self) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ REDUCTIONS: tuple[str, ...] = ("mean", "max", "min", "first")
 
 def reduce_to_group(
     group: tp.dependency.Group,
-    slices: Sequence[ChannelSlice],
+    slices: Sequence[Mapped],
     member_scores: Sequence[torch.Tensor],
     reduction: Reduction = "mean",
     missing: float = float("inf"),
@@ -209,3 +216,42 @@ def reduce_to_group(
         first = covered.to(torch.int8).argmax(0)
         out = values.gather(0, first.unsqueeze(0)).squeeze(0)
     return torch.where(any_covered, out, torch.full_like(out, missing))
+
+
+def reduce_in_tiers(
+    group: tp.dependency.Group,
+    tiers: Sequence[tuple[Sequence[Mapped], Sequence[torch.Tensor]]],
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """One score per group channel from the first tier of members that covers it; NaN where no tier does.
+
+    A criterion lists the members it trusts most first (for instance members with a spatial map) and weaker ones
+    after (pooled maps). Within a tier, members combine as in `reduce_to_group`; across tiers, a channel takes its
+    score from the first tier that covers it. So a member whose index mapping covers only part of the group (a
+    concat input mapped onto half of the channels) scores those channels, and a later tier scores the rest.
+
+    Args:
+        group: the dependency group being scored.
+        tiers: ``(members, member_scores)`` pairs, most trusted first (see `reduce_to_group`).
+        reduction: how the members of one tier combine per channel.
+
+    Returns:
+        float64 scores, one per group channel, NaN for channels no member of any tier covers.
+
+    Examples:
+        >>> import torch, torch_pruning as tp
+        >>> from types import SimpleNamespace
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1))
+        >>> dg = tp.DependencyGraph().build_dependency(net, torch.randn(1, 3, 4, 4))
+        >>> group = dg.get_pruning_group(net[0], tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
+        >>> half, whole = SimpleNamespace(root_idxs=(2, 3)), SimpleNamespace(root_idxs=(0, 1, 2, 3))
+        >>> reduce_in_tiers(group, [([half], [torch.tensor([5.0, 6.0])]), ([whole], [torch.arange(4.0)])]).tolist()
+        [0.0, 1.0, 5.0, 6.0]
+    """
+    out: torch.Tensor | None = None
+    for members, scores in tiers:
+        tier = reduce_to_group(group, members, scores, reduction, missing=float("nan"))
+        out = tier if out is None else torch.where(out.isnan(), tier, out)
+    if out is None:
+        return torch.full((group_size(group),), float("nan"), dtype=torch.float64)
+    return out

@@ -48,18 +48,34 @@ def filter_statistic(rows: torch.Tensor, statistic: Statistic) -> torch.Tensor:
 def gaussian_feature(stat: torch.Tensor) -> torch.Tensor:
     """``|s - mean(s)| / std(s)`` (population std), float64.
 
-    Degenerate layers: with fewer than two filters, or when every filter has the same statistic
-    (``sigma`` is 0 up to float32 rounding), no filter deviates from the layer's distribution and every
-    ``z`` is 0.
+    Degenerate layers: with fewer than two filters every ``z`` is 0. When every filter has the same statistic
+    (``sigma`` is 0 up to float32 rounding) the layer carries no ranking information; rather than putting every
+    filter at ``z = 0`` (inside the band at any ``alpha > 0``, which would collapse the layer to ``min_channels``
+    at the first step of a search), it is scored as an ideal Gaussian layer: the filters get the expected
+    ``|z|`` quantiles ``|Phi^-1((k + 0.5) / n)|`` in index order, so ``alpha`` prunes the share a Gaussian puts
+    inside the band (``erf(alpha / sqrt 2)``: 68% at ``alpha = 1``), lowest index first.
+
+    Examples:
+        >>> gaussian_feature(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([1.2247, 0.0000, 1.2247], dtype=torch.float64)
+        >>> gaussian_feature(torch.full((4,), 0.5))             # identical filters: Gaussian quantiles
+        tensor([0.3186, 0.3186, 1.1503, 1.1503], dtype=torch.float64)
     """
     stat = stat.to(torch.float64)
-    if stat.numel() < 2:
+    n = stat.numel()
+    if n < 2:
         return torch.zeros_like(stat)
     mu = stat.mean()
     sigma = stat.std(correction=0)
     if sigma <= _SIGMA_RTOL * stat.abs().mean().clamp(min=torch.finfo(torch.float64).tiny):
-        return torch.zeros_like(stat)
+        return _ideal_gaussian_z(n)
     return (stat - mu).abs() / sigma
+
+
+def _ideal_gaussian_z(n: int) -> torch.Tensor:
+    """The ``n`` expected ``|z|`` quantiles of a standard normal, ascending."""
+    p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return torch.special.ndtri(p).abs().sort().values
 
 
 class PFGDFImportance(tp.importance.Importance):

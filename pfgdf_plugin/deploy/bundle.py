@@ -8,6 +8,7 @@ fails before the first file is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -184,24 +185,41 @@ def export_bundle(
         return labels.get(key, key)
 
     paths = _checked_paths(model_path, output_dir, config, name)
-    plan = _prepare(model_path, config, name, say)
-    start = time.perf_counter()
-    result = BundleResult(source=str(model_path), metadata=plan.metadata, input_size=plan.size,
-                          report_path=paths["report"], baseline_note=plan.baseline_note)
-    _export_float(plan, paths, config, result, say)
-    if plan.calibration is not None:
-        _export_int8(plan.calibration, paths, config, result, say)
-    result.seconds = time.perf_counter() - start
-    _io.write_text(paths["report"], json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    out = paths["report"].parent
+    with _io.output_lock(out):
+        plan = _prepare(model_path, config, name, say)
+        start = time.perf_counter()
+        # Every file of this run goes to a fresh staging directory first (so nothing reads a file an earlier run
+        # left in `output_dir`), then moves in as one set, export.json last.
+        with _io.staged_directory(out) as stage:
+            staged = bundle_paths(stage, config.type_reduction)
+            result = BundleResult(source=str(model_path), metadata=plan.metadata, input_size=plan.size,
+                                  report_path=paths["report"], baseline_note=plan.baseline_note)
+            _export_float(plan, staged, config, result, say)
+            if plan.calibration is not None:
+                _export_int8(plan.calibration, staged, config, result, say)
+            result.seconds = time.perf_counter() - start
+            _repoint(result, stage, out)
+            _io.write_text(staged["report"], json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+            _io.commit_staged(stage, out, REPORT_NAME, [p.name for p in paths.values()])
     say(f"wrote {paths['report']}")
     return result
 
 
+def _repoint(result: BundleResult, stage: Path, out: Path) -> None:
+    """Make every path a result holds name the committed file in ``out`` instead of its staged copy."""
+    for part in (result.onnx, result.original, result.ort, result.int8, result.int8_ort):
+        for f in dataclasses.fields(part) if part is not None else ():
+            value = getattr(part, f.name)
+            if isinstance(value, Path) and value.parent == stage:
+                setattr(part, f.name, out / value.name)
+    if result.operator_config is not None and result.operator_config.parent == stage:
+        result.operator_config = out / result.operator_config.name
+
+
 def _checked_paths(model_path: str | os.PathLike, output_dir: str | os.PathLike, config: BundleConfig,
                    name: Callable[[str], str]) -> dict[str, Path]:
-    out = Path(check.text(name("output_dir"), output_dir))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{name('output_dir')} {str(out)!r} exists and is not a directory")
+    out = check.output_directory(name("output_dir"), output_dir)
     for fmt in check.sequence(name("formats"), config.formats):
         check.one_of(name("formats"), fmt, FORMATS)
     check.integer(name("calib_batches"), config.calib_batches, 1)

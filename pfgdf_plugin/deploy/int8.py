@@ -24,6 +24,7 @@ from pfgdf_plugin.deploy.onnx import (
 )
 from pfgdf_plugin.deploy.quiet import quiet_tools
 from pfgdf_plugin.deploy.session import create_session, first_output
+from pfgdf_plugin.measure.platform import int8_kernels
 
 # Share of calibration images whose INT8 top-1 class equals the float model's: the regression guard of the tests.
 # Measured on random-weight resnet18 (64x64) and CifarVGG (32x32), original and 50%-MACs pruned, BatchNorm
@@ -58,6 +59,8 @@ class Int8Export:
     max_abs_output: float
     size_bytes: int
     source_size_bytes: int
+    reduce_range: bool = False
+    kernels: str = "other"
 
     @property
     def size_ratio(self) -> float:
@@ -85,6 +88,8 @@ class Int8Export:
             "size_bytes": self.size_bytes,
             "source_size_bytes": self.source_size_bytes,
             "size_ratio": self.size_ratio,
+            "reduce_range": self.reduce_range,
+            "cpu_int8_kernels": self.kernels,
         }
 
 
@@ -100,6 +105,7 @@ def quantize_int8(
     calibrate_method: str = "minmax",
     calibration_label: str | None = None,
     preprocess: bool = True,
+    reduce_range: bool | str = "auto",
     seed: int = 0,
     verbose: bool = False,
 ) -> Int8Export:
@@ -114,6 +120,12 @@ def quantize_int8(
     `session.qdqisint8allowed` is on (its ARM default, and ORT files converted for `arm`), and on x86 they measured
     2.7x slower than uint8 on resnet18 (docs/deployment.md). The model is first pre-processed (shape inference and
     optimization, `quant_pre_process`) when `preprocess`.
+
+    `reduce_range` (`"auto"`, `True`, `False`): quantize weights to 7 bits. On x86 CPUs without VNNI, ONNX
+    Runtime's U8S8 kernels add pairs of products in 16 bits and saturate with full 8-bit weights (measured: top-1
+    agreement 0.66 on an AVX2 machine), a documented ONNX Runtime limitation whose documented remedy is reduced
+    range; `"auto"` turns it on exactly there (`pfgdf_plugin.measure.platform.int8_kernels`). The choice and the
+    CPU kind are recorded in the result and the model's metadata.
 
     Reports the top-1 agreement of the INT8 and float models on the calibration images (a proxy for
     quantization damage, not an accuracy) and the file sizes. `pfgdf.*` metadata is carried over.
@@ -143,6 +155,10 @@ def quantize_int8(
     calibrate_method = check.one_of("calibrate_method", calibrate_method, CALIBRATION_METHODS)
     batch_size = check.integer("batch_size", batch_size, 1)
     num_batches = check.integer("num_batches", num_batches, 1)
+    kernels = int8_kernels()
+    if reduce_range == "auto":
+        reduce_range = kernels == "x86-no-vnni" and activation_type == "uint8"
+    reduce_range = check.boolean("reduce_range", reduce_range)
     proto = load_graph("onnx_path", source)
     images, found = _calibration_images(calibration, fixed_input_shape(proto), batch_size, num_batches, seed)
     description, batched = calibration_label or found, batch_is_dynamic(proto)
@@ -150,9 +166,10 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="pfgdf-int8-") as tmp, quiet_tools(verbose):
         model_in = _preprocessed(source, Path(tmp) / "pre.onnx") if preprocess else None
         quantized = _quantize(model_in or source, Path(tmp) / "int8.onnx", proto, images, batch_size, batched,
-                              per_channel, activation_type, calibrate_method)
-    quantization = (f"QDQ int8 weights, {activation_type} activations, "
-                    f"{'per-channel' if per_channel else 'per-tensor'}, MinMax calibration on {description}")
+                              per_channel, activation_type, calibrate_method, reduce_range)
+    quantization = (f"QDQ int8 weights{' (7-bit range)' if reduce_range else ''}, {activation_type} activations, "
+                    f"{'per-channel' if per_channel else 'per-tensor'}, {calibrate_method} calibration on "
+                    f"{description}; CPU int8 kernels: {kernels}")
     set_metadata(quantized, prefixed_metadata(proto) | {"variant": "int8", "quantization": quantization})
     check_graph(quantized)
     data = quantized.SerializeToString()
@@ -165,7 +182,7 @@ def quantize_int8(
         activation_type=activation_type, preprocessed=model_in is not None, top1_agreement=agreement,
         float_classes=classes, max_abs_error=float(np.abs(float_out - int8_out).max()),
         max_abs_output=float(np.abs(float_out).max()), size_bytes=target.stat().st_size,
-        source_size_bytes=source.stat().st_size,
+        source_size_bytes=source.stat().st_size, reduce_range=reduce_range, kernels=kernels,
     )
 
 
@@ -182,7 +199,7 @@ def _preprocessed(source: Path, staged: Path) -> Path | None:
 
 
 def _quantize(model_in: Path, staged: Path, proto: Any, images: np.ndarray, batch_size: int, batched: bool,
-              per_channel: bool, activation_type: str, calibrate_method: str) -> Any:
+              per_channel: bool, activation_type: str, calibrate_method: str, reduce_range: bool) -> Any:
     """Run `quantize_static` (QDQ, int8 weights) into `staged`; the quantized `onnx.ModelProto`."""
     import onnx
     from onnxruntime.quantization import (
@@ -210,6 +227,7 @@ def _quantize(model_in: Path, staged: Path, proto: Any, images: np.ndarray, batc
         per_channel=per_channel,
         activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=reduce_range,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                           "entropy": CalibrationMethod.Entropy}[calibrate_method],
     )

@@ -56,6 +56,17 @@ def bundle_rows(result: BundleResult) -> list[tuple[str, str, str]]:
     return rows
 
 
+def parity_warnings(result: BundleResult) -> list[str]:
+    """A warning per file whose parity check passed but proves little (`pfgdf_plugin.deploy.parity.Parity.weakness`).
+
+    ``tests/test_export.py`` shows one from `pfgdf export` on a model whose outputs are about 1e-6.
+    """
+    checked = [result.onnx, result.original, result.ort, result.int8_ort]
+    return [f"warning: {c.path}: weak parity check: {c.parity.weakness}. It passed, but says little about this "
+            "export; a trained model (or one with recalibrated BatchNorm) gives a meaningful check"
+            for c in checked if c is not None and c.parity.passed and c.parity.weakness]
+
+
 def bundle_table(result: BundleResult) -> str:
     """The `pfgdf export` summary: the files table, the MACs reduction, mobile usability, notes and warnings."""
     rows = bundle_rows(result)
@@ -67,5 +78,5 @@ def bundle_table(result: BundleResult) -> str:
     if result.ort is not None and result.ort.usability:
         lines.append("mobile usability (onnxruntime's partitioning check):")
         lines += [f"  {line}" for line in usability_summary(result.ort.usability).splitlines()]
-    lines += ([result.baseline_note] if result.baseline_note else []) + result.warnings
+    lines += ([result.baseline_note] if result.baseline_note else []) + parity_warnings(result) + result.warnings
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pfgdf_plugin._util import validate as check
+from pfgdf_plugin._util.threads import current_threads
 
 # onnxruntime.GraphOptimizationLevel members by short name; "all" is ONNX Runtime's own default.
 OPTIMIZATION_LEVELS: dict[str, str] = {
@@ -32,7 +33,7 @@ OPTIMIZATION_LEVELS: dict[str, str] = {
 def create_session(
     model: str | os.PathLike | bytes,
     *,
-    threads: int = 1,
+    threads: int | None = None,
     inter_op_threads: int | None = None,
     spinning: bool | None = None,
     config: Mapping[str, str] | None = None,
@@ -43,7 +44,9 @@ def create_session(
 
     Args:
         model: an `.onnx` / `.ort` file, or a serialized model.
-        threads: intra-op threads (1 = one edge core).
+        threads: intra-op threads (1 = one edge core); `None`: the process's setting
+            (`pfgdf_plugin._util.threads.current_threads`, what `--threads` set), so torch and ONNX Runtime agree.
+            Latency measurements pass their own count.
         inter_op_threads: inter-op threads; `None` leaves ONNX Runtime's default (unused in sequential mode).
         spinning: let idle intra-op threads spin (`session.intra_op.allow_spinning`); `None` leaves the default.
         config: extra session config entries, e.g. `{"session.qdqisint8allowed": "1"}`.
@@ -57,6 +60,9 @@ def create_session(
         ValueError: a bad argument, or a model ONNX Runtime cannot load.
     """
     import onnxruntime as ort
+
+    if threads is None:
+        threads = current_threads()
 
     level = check.one_of("optimization_level", optimization_level, tuple(OPTIMIZATION_LEVELS))
     options = ort.SessionOptions()

@@ -13,15 +13,9 @@ import os
 import platform
 from typing import Any
 
+from pfgdf_plugin._util.threads import available_cpus
+
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else all CPUs)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_name() -> str:
@@ -49,6 +43,24 @@ def cpu_flags() -> set[str]:
 def ort_platform() -> str:
     """This machine as ONNX Runtime's ORT-format converter names target platforms: ``"arm"`` or ``"amd64"``."""
     return "arm" if platform.machine().lower().startswith(("arm", "aarch64")) else "amd64"
+
+
+def int8_kernels(flags: set[str] | None = None, machine: str | None = None) -> str:
+    """Which integer kernels ONNX Runtime's CPU provider uses for uint8 x int8 (U8S8) convolutions and matmuls.
+
+    ``"vnni"``: x86 with AVX-512 VNNI or AVX-VNNI (exact 32-bit accumulation); ``"x86-no-vnni"``: older x86
+    (AVX2 / AVX-512 without VNNI), whose ``vpmaddubsw`` kernels add pairs of u8 x s8 products in 16 bits and
+    saturate when both factors are large; ``"other"``: ARM and the rest.
+
+    Examples:
+        >>> int8_kernels({"avx2", "fma"}, "x86_64"), int8_kernels({"avx512f", "avx512_vnni"}, "x86_64")
+        ('x86-no-vnni', 'vnni')
+    """
+    flags = cpu_flags() if flags is None else flags
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine not in X86_MACHINES:
+        return "other"
+    return "vnni" if {"avx512_vnni", "avx_vnni"} & flags else "x86-no-vnni"
 
 
 def recommended_round_to() -> int:

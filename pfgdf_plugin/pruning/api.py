@@ -15,7 +15,7 @@ from pfgdf_plugin._compat.torch_pruning import tolerant_index_mapping
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.allocation import CostModel
 from pfgdf_plugin.pruning.apply import Applied
-from pfgdf_plugin.pruning.checks import Settings, check_settings, protected_layers
+from pfgdf_plugin.pruning.checks import Settings, check_group_sizes, check_settings, protected_layers
 from pfgdf_plugin.pruning.errors import GraphTimeoutError, TargetOutOfReachError
 from pfgdf_plugin.pruning.groups import Importance, trace
 from pfgdf_plugin.pruning.result import GroupChange, LayerChange, PruneResult
@@ -110,6 +110,7 @@ def prune(
         cost = CostModel(work, example_inputs, traced.groups)
         before = _layer_channels(work)
         marks["count_before"] = time.perf_counter() - start
+        check_group_sizes(settings, [g.channels for g in traced.groups])
         run = PlanSearch(model, example_inputs, settings, traced.groups, cost, traced.out_shape, progress=progress)
         run.left_alone.update(traced.skipped)
         run.search()
@@ -167,6 +168,7 @@ def _result(
         extra={
             "stage_seconds": _stages(marks),
             "corrections": run.corrections,
+            "filled": run.filled,
             "target_met": run.target_met(),
             "attention_heads": {name: {"before": b, "after": a} for name, b, a in applied.heads},
         },

@@ -6,11 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from pfgdf_plugin._util import validate
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.criteria.pfgdf import PFGDFImportance
+from pfgdf_plugin.models.layers import WEIGHTED_TYPES
 from pfgdf_plugin.models.timm import find_classifier
 from pfgdf_plugin.pruning.errors import input_error
 from pfgdf_plugin.pruning.groups import Importance
@@ -96,6 +98,8 @@ def protected_layers(
             raise ValueError(f"classifier must be 'auto', None or a submodule of model, got {classifier!r}")
         ignored[classifier] = "classifier"
     validate.finite_parameters(model)
+    check_example_inputs(example_inputs)
+    check_initialised(model)
     if classifier == "auto":
         with eval_mode(model):
             try:
@@ -105,3 +109,52 @@ def protected_layers(
         if head is not None:
             ignored[head] = "classifier"
     return ignored
+
+
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    if isinstance(inputs, dict):
+        inputs = list(inputs.values())
+    if isinstance(inputs, (list, tuple)):
+        return [t for item in inputs for t in _tensors(item)]
+    return []
+
+
+def check_example_inputs(example_inputs: Any) -> None:
+    """``example_inputs`` must hold at least one tensor, and no tensor with an empty batch.
+
+    Examples:
+        >>> check_example_inputs(torch.zeros(0, 3, 8, 8))
+        Traceback (most recent call last):
+        ...
+        ValueError: example_inputs must hold at least one sample; got a tensor of shape (0, 3, 8, 8)
+    """
+    tensors = _tensors(example_inputs)
+    if not tensors:
+        raise validate.bad("example_inputs", "a tensor (or a tuple, list or dict of tensors) the model accepts",
+                           type(example_inputs).__name__)
+    for t in tensors:
+        if t.ndim > 0 and t.shape[0] == 0:
+            raise ValueError(f"example_inputs must hold at least one sample; got a tensor of shape {tuple(t.shape)}")
+
+
+def check_initialised(model: nn.Module) -> None:
+    """Refuse a model whose every conv and linear weight is zero: no criterion can rank its channels."""
+    weights = [m.weight for m in model.modules() if isinstance(m, WEIGHTED_TYPES) and m.weight is not None]
+    if weights and all(not bool(w.detach().any()) for w in weights):
+        raise ValueError(
+            "model: every conv and linear weight is zero (an uninitialised model?); no criterion can rank "
+            "channels. Initialise or train it before pruning."
+        )
+
+
+def check_group_sizes(settings: Settings, channels: list[int]) -> None:
+    """``round_to`` and ``min_channels`` must leave some group something to prune (raised before any change)."""
+    largest = max(channels, default=0)
+    if settings.round_to is not None and settings.round_to >= largest:
+        raise ValueError(f"round_to={settings.round_to} is at least the largest prunable group ({largest} "
+                         "channels): no group could shrink. Use a smaller multiple, e.g. 8 or 16.")
+    if settings.min_channels >= largest:
+        raise ValueError(f"min_channels={settings.min_channels} is at least the largest prunable group ({largest} "
+                         "channels): no group could shrink.")

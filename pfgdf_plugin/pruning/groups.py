@@ -18,7 +18,7 @@ import torch_pruning as tp
 from tqdm.auto import tqdm
 
 from pfgdf_plugin._compat.torch_pruning import bounded_group_search, module_name
-from pfgdf_plugin._util.budget import BudgetExceeded
+from pfgdf_plugin._util.budget import BudgetExceeded, DeadlineExceeded
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.criteria.channels import channel_direction
 from pfgdf_plugin.models.inputs import Shapes, outputs_of
@@ -30,13 +30,17 @@ from pfgdf_plugin.pruning.graph import build_graph
 Importance = Callable[[tp.dependency.Group], torch.Tensor | None]
 """A Torch-Pruning importance: one score per channel of a group, or ``None`` for a group it cannot score."""
 
-# A single group's dependency search gets this share of the whole graph budget (at least _GROUP_MIN seconds)
-# before it is left alone. Measured: the slowest group that finishes takes 0.3 s (EfficientViT-M0, 672 members,
-# busy 2-core machine), while a runaway search never finishes (ReXNet, EfficientViT, CoAtNet attention).
-_GROUP_SHARE = 120
+GROUP_SEARCH_STEPS = 20_000
+"""Torch-Pruning search steps (calls of its group-search hot spots) one group may take before it is left alone.
 
+Limits count work, never time, so the plan is the same on every machine. Measured on ReXNet-100 and
+EfficientViT-M0 at 224: the largest groups that finish take a few hundred steps and hold at most ~70% as many
+members as the graph has nodes (EfficientViT-M0: 672 members, 940 nodes); a runaway search (ReXNet's
+partial-channel residuals, EfficientViT's attention) passes 1,000 members within a few thousand steps and never
+finishes."""
 
-_GROUP_MIN = 0.5
+GROUP_MEMBER_FACTOR = 1.0
+"""A group holding more members than this many times the graph's nodes is a runaway search: left alone."""
 
 
 @dataclass
@@ -50,42 +54,46 @@ class Traced:
 
 
 def enumerate_groups(
-    graph: tp.DependencyGraph, skip: list[nn.Module], *, model: nn.Module, timeout: float | None
+    graph: tp.DependencyGraph, skip: list[nn.Module], *, model: nn.Module, timeout: float | None,
+    steps: dict[str, int] | None = None,
 ) -> tuple[list[tp.dependency.Group], dict[str, str]]:
     """Every prunable group rooted at a conv / linear layer, in graph order, like Torch-Pruning's
     ``get_all_groups``, but one root at a time: a root whose group cannot be built, or whose search takes more
-    than ``timeout / 120`` seconds (at least 0.5 s), is left alone and reported (name -> why) instead of failing
-    the model.
+    than `GROUP_SEARCH_STEPS` steps, is left alone and reported (name -> why) instead of failing the model.
+    ``steps``, when given, receives each root's search steps.
 
-    Raises `GraphTimeoutError` when all of them together take longer than ``timeout``.
+    Raises `GraphTimeoutError` when listing them all takes longer than ``timeout`` seconds (an error, never a
+    different plan).
     """
     deadline = None if timeout is None else time.perf_counter() + timeout
-    per_group = None if timeout is None else max(_GROUP_MIN, timeout / _GROUP_SHARE)
     ignored = {id(m) for m in list(skip) + list(graph.IGNORED_LAYERS_IN_TRACING)}
+    max_members = int(GROUP_MEMBER_FACTOR * len(graph.module2node)) + 64
     visited: set[int] = set()
     groups, skipped = [], {}
     for m in list(graph.module2node.keys()):
+        search = None
         if id(m) in ignored or id(m) in visited or not isinstance(m, WEIGHTED_TYPES):
             continue
         pruner = graph.get_pruner_of_module(m)
         if pruner is None or pruner.get_out_channels(m) is None:
             continue
-        budget = per_group
-        if deadline is not None:
-            budget = min(per_group, deadline - time.perf_counter())
-            if budget <= 0:
-                raise timeout_error(model, timeout, "listing its groups")
+        if deadline is not None and time.perf_counter() > deadline:
+            raise timeout_error(model, timeout, "listing its groups")
         try:
-            with bounded_group_search(budget):
+            with bounded_group_search(GROUP_SEARCH_STEPS, deadline, max_members) as search:
                 group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except DeadlineExceeded:
+            raise timeout_error(model, timeout, "listing its groups") from None
         except BudgetExceeded:
-            if budget is not None and per_group is not None and budget < per_group:
-                raise timeout_error(model, timeout, "listing its groups") from None
-            skipped[module_name(graph, m)] = f"dependency search did not finish within {budget:g} s"
+            skipped[module_name(graph, m)] = (f"dependency search ran away (over {GROUP_SEARCH_STEPS:,} steps or "
+                                              f"{max_members:,} members)")
             continue
         except Exception as err:  # Torch-Pruning's index mapping fails on some splits and reshapes
             skipped[module_name(graph, m)] = f"Torch-Pruning could not build its group ({short_error(err)})"
             continue
+        finally:
+            if steps is not None and search is not None:
+                steps[module_name(graph, m)] = search.calls
         prunable = True
         for dep, _ in group:
             if graph.is_out_channel_pruning_fn(dep.handler):
@@ -176,6 +184,7 @@ def score_groups(
             continue
         root = group[0].dep.target.module
         n = len(group[0].idxs)
+        _check_scores(imp, importance, module_name(graph, root), n)
         layout = heads.get(root)
         if layout is not None and layout.channels == n:
             # q, k and v lose the same heads: `parts` channel groups of `num_heads` blocks of head_dim.
@@ -200,6 +209,7 @@ def score_groups(
         if rank_by is not None:
             other = rank_by(group)
             if other is not None:
+                _check_scores(other, rank_by, module_name(graph, root), n)
                 ranking = _per_unit(other, ch_groups, block)
         members, names = _member_positions(graph, group)
         channel_norm = any(isinstance(dep.target.module, (nn.LayerNorm, nn.GroupNorm)) for dep, _ in group)
@@ -219,6 +229,17 @@ def score_groups(
             )
         )
     return scored
+
+
+def _check_scores(scores: object, importance: object, root: str, n: int) -> None:
+    """A criterion's scores for a group of ``n`` channels: ``n`` numbers, none NaN (``+inf``: never pruned)."""
+    where = f"importance {importance!r} on the group of {root!r} ({n} channels)"
+    if not isinstance(scores, torch.Tensor):
+        raise ValueError(f"{where} returned a {type(scores).__name__}; expected a tensor of {n} scores")
+    if scores.numel() != n:
+        raise ValueError(f"{where} returned {scores.numel()} scores of shape {tuple(scores.shape)}; expected {n}")
+    if torch.isnan(scores).any():
+        raise ValueError(f"{where} returned NaN for {int(torch.isnan(scores).sum())} of {n} channels")
 
 
 def _per_unit(imp: torch.Tensor, ch_groups: int, block: int) -> torch.Tensor:

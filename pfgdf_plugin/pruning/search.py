@@ -16,6 +16,7 @@ import torch_pruning as tp
 
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.allocation import CostModel, ScoredGroup, bisect_threshold, make_plan
+from pfgdf_plugin.allocation.fill import fill_to_target
 from pfgdf_plugin.allocation.plan import Plan
 from pfgdf_plugin.models.inputs import Shapes
 from pfgdf_plugin.pruning.apply import Applied, apply_plan
@@ -55,6 +56,7 @@ class PlanSearch:
         self.hi, self.floor = 0.0, 1.0
         self.threshold, self.steps, self.corrections = 0.0, 0, 0
         self.plan = Plan(0.0, ())
+        self.filled = False  # the plan was completed group by group (see allocation.fill), not by one threshold
         self.applied: Applied | Exception | None = None
 
     def search(self) -> None:
@@ -66,25 +68,38 @@ class PlanSearch:
         self.hi = max(finite, default=0.0) * (1 + 1e-9) + 1e-9
         if s.target is None:
             self.threshold = float(s.alpha)  # type: ignore[arg-type]
+            self.plan = make_plan(groups, self.threshold, s.min_channels, s.round_to)
         else:
-            self.threshold, steps = self._bisect(*s.target)
-            self.steps += steps
-        self.plan = make_plan(groups, self.threshold, s.min_channels, s.round_to)
+            self._bisect(*s.target)
 
-    def _bisect(self, kind: str, keep: float) -> tuple[float, int]:
+    def _bisect(self, kind: str, keep: float) -> None:
+        s = self.settings
         base = getattr(self.cost.base, kind)
 
-        def kept_at(t: float) -> float:
-            plan = make_plan(self.groups, t, self.settings.min_channels, self.settings.round_to)
+        def kept_of(plan: Plan) -> float:
             return getattr(self.cost.estimate(plan), kind) / base
+
+        def kept_at(t: float) -> float:
+            return kept_of(make_plan(self.groups, t, s.min_channels, s.round_to))
 
         self.floor = kept_at(self.hi)
         if self.floor > keep + TARGET_TOLERANCE:
             # Out of reach by the prediction; a measurement at the largest threshold has the last word
             # (splits such as MixNet's mixed convs shrink more layers than the prediction sees).
-            return self.hi, 1
+            self.threshold, self.steps = self.hi, self.steps + 1
+            self.plan = make_plan(self.groups, self.hi, s.min_channels, s.round_to)
+            return
         found = bisect_threshold(kept_at, keep, self.hi, tolerance=SEARCH_TOLERANCE)
-        return found.threshold, found.steps
+        self.steps += found.steps
+        self.threshold = found.threshold
+        self.plan = make_plan(self.groups, found.threshold, s.min_channels, s.round_to)
+        if abs(found.kept - keep) > SEARCH_TOLERANCE and found.above is not None:
+            # No threshold lands near the target (one group's step is a large share of the cost): take the
+            # lowest-scoring steps group by group from the plan just above it.
+            start = make_plan(self.groups, found.above[0], s.min_channels, s.round_to)
+            filled = fill_to_target(self.groups, start, kept_of, keep, SEARCH_TOLERANCE, s.min_channels, s.round_to)
+            if abs(kept_of(filled) - keep) < abs(found.kept - keep):
+                self.plan, self.threshold, self.filled = filled, found.above[0], True
 
     def attempt(
         self, plan: Plan, model: nn.Module | None = None, graph: tp.DependencyGraph | None = None
@@ -173,9 +188,12 @@ class PlanSearch:
                 self.applied, measured = fresh, fresh_measured
         self.model = best_model
         if abs(measured - keep) > TARGET_TOLERANCE:
+            above = min((m for _, m in points if m > keep), default=1.0)
+            below = max((m for _, m in points if m <= keep), default=self.floor)
             warnings.warn(
                 f"prune(): measured {kind} kept {measured:.1%} misses target {keep:.1%} by more than "
-                f"{TARGET_TOLERANCE:.0%} (overlapping groups in this architecture)",
+                f"{TARGET_TOLERANCE:.0%}: the nearest plans measured keep {below:.1%} and {above:.1%} (whole channels "
+                "are coarse steps in small layers, and overlapping groups cut some channels twice)",
                 stacklevel=3,
             )
 

@@ -59,8 +59,39 @@ def _build(spec: ModelSpec, num_classes: int, in_chans: int) -> nn.Module:
             return timm.create_model(spec.name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                                      **spec.kwargs)
         return create_model(spec.name, num_classes=num_classes, in_chans=in_chans)
-    except TypeError as err:  # a keyword the constructor does not take
+    except Exception as err:  # a keyword the constructor does not take (TypeError), or a value it cannot use
+        if not spec.kwargs and not isinstance(err, TypeError):
+            raise
         raise ValueError(f"recipe: model.kwargs {spec.kwargs} do not fit {spec.name!r}: {err}") from err
+
+
+def check_buildable(spec: ModelSpec, num_classes: int, in_chans: int) -> None:
+    """Build the model of ``spec`` on PyTorch's meta device (shapes only: no memory, no time), so that
+    ``model.kwargs`` its constructor does not take fail before any work. A model without kwargs is not built: its
+    name was checked when the recipe was read.
+
+    Raises:
+        ValueError: ``model.kwargs`` do not fit the constructor (the message names them and the model).
+
+    Examples:
+        >>> check_buildable(ModelSpec(name="cifar_resnet20", kwargs={"depth": 32}), num_classes=10, in_chans=3)
+        >>> check_buildable(ModelSpec(name="resnet10t", kwargs={"dropout": 0.1}), num_classes=10, in_chans=3)
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: recipe: model.kwargs {'dropout': 0.1} do not fit 'resnet10t': ...unexpected keyword argument...
+    """
+    if not spec.kwargs:
+        return
+    try:
+        with torch.device("meta"):
+            _build(spec, num_classes, in_chans)
+    except ValueError as err:
+        if not isinstance(err.__cause__, TypeError):
+            # Some constructors need real values (e.g. .item() on a schedule tensor): one real build decides.
+            _build(spec, num_classes, in_chans)
+            return
+        raise
 
 
 def _load_state(model: nn.Module, spec: ModelSpec, state: object, num_classes: int, in_chans: int) -> None:
@@ -96,4 +127,4 @@ def check_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
                          "must output (1, classes)")
 
 
-__all__ = ["check_output", "load_model"]
+__all__ = ["check_buildable", "check_output", "load_model"]

@@ -1,7 +1,8 @@
 """The recipe: what `run_job` runs, as frozen dataclasses checked on construction, read from YAML or mappings.
 
-Every value and the model name are checked when the recipe is built, files by `Recipe.check_files` before any work
-starts; errors are ``ValueError`` (``FileNotFoundError`` for a missing path) naming the key path, e.g.
+Every value and the model name are checked when the recipe is built, files by `Recipe.check_files` and
+``model.kwargs`` by `Recipe.check_model` before any work starts; errors are ``ValueError`` (``FileNotFoundError``
+for a missing path) naming the key path, e.g.
 ``recipe: prune.target_macs must be a number in (0, 1] (the fraction to keep), got 1.5``.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pfgdf_plugin._util import validate
-from pfgdf_plugin.data import BUILTIN
+from pfgdf_plugin.data import BUILTIN, image_folder_classes
 from pfgdf_plugin.recipes.sections import (
     BenchmarkSpec,
     DataSpec,
@@ -30,6 +31,13 @@ from pfgdf_plugin.recipes.sections import (
 
 _SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": TrainSpec, "prune": PruneSpec,
                               "recover": RecoverSpec, "export": ExportSpec, "benchmark": BenchmarkSpec}
+
+
+OUTPUT_FILES: tuple[str, ...] = (
+    "pruned.pt", "original.pt", "report.json", "report.md", "latency.png", "pruned.onnx", "original.onnx",
+    "pruned.int8.onnx", "pruned.ort", "pruned.int8.ort",
+)
+"""The files a run writes into ``output_dir``."""
 
 
 @dataclass(frozen=True)
@@ -106,21 +114,18 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
-        """Read a recipe file (YAML, ``yaml.safe_load``); see `Recipe.from_dict`.
+        """Read a recipe file (YAML, ``yaml.safe_load`` within the limits of `pfgdf_plugin.recipes.safe_yaml`: at
+        most 1 MiB, at most 10,000 values with aliases expanded); see `Recipe.from_dict`.
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: not YAML, not a mapping, an unknown key or a bad value.
+            ValueError: not YAML, over the limits, not a mapping, an unknown key or a bad value.
         """
-        import yaml  # here, not at the top: the Python API (Recipe(...), run_job) works without PyYAML
+        # PyYAML is imported there, not at the top: the Python API (Recipe(...), run_job) works without it.
+        from pfgdf_plugin.recipes.safe_yaml import read_yaml_file
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe: no recipe file at {str(path)!r}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ValueError(f"recipe: {str(path)!r} is not valid YAML: {err}") from err
+        data = read_yaml_file(path, "recipe")
         if data is None:
             raise ValueError(f"recipe: {str(path)!r} is empty")
         return cls.from_dict(data, overrides)
@@ -145,7 +150,8 @@ class Recipe:
 
         Raises:
             FileNotFoundError: a data source or checkpoint that does not exist.
-            ValueError: an output directory that is a file.
+            ValueError: an output directory that is a file; an ImageFolder with fewer than two classes, or a
+                validation folder whose classes differ from the training folder's.
         """
         for key, value in (("data.source", self.data.source), ("data.val_source", self.data.val_source)):
             if value is not None and value not in BUILTIN and not Path(value).exists():
@@ -153,8 +159,39 @@ class Recipe:
                                         f"({', '.join(BUILTIN)}) nor an existing ImageFolder directory or .pt file")
         if self.model.checkpoint and not Path(self.model.checkpoint).is_file():
             raise FileNotFoundError(f"recipe: model.checkpoint: no file at {self.model.checkpoint!r}")
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise ValueError(f"recipe: output_dir {self.output_dir!r} exists and is not a directory")
+        out = validate.output_directory("recipe: output_dir", self.output_dir)
+        # An input stored in output_dir under a name the run writes would be overwritten by the run's own output.
+        inputs = [self.model.checkpoint, self.data.source, self.data.val_source]
+        validate.distinct([p for p in inputs if p and p not in BUILTIN], [out / name for name in OUTPUT_FILES])
+        self._check_folders()
+
+    def _check_folders(self) -> None:
+        """ImageFolder sources: training needs two classes or more; a validation folder needs the same ones
+        (ImageFolder numbers classes by their sorted folder names, so a missing folder would shift every label)."""
+        source, val = (None if v is None or v in BUILTIN or not Path(v).is_dir() else Path(v)
+                       for v in (self.data.source, self.data.val_source))
+        if source is not None:
+            classes = image_folder_classes(source)
+            if len(classes) < 2:
+                raise ValueError(f"recipe: data.source {str(source)!r} holds {len(classes)} class folder(s) "
+                                 f"{classes}; a classifier needs two classes or more (one folder per class, "
+                                 "root/<class>/<image>): with one, every prediction is right and accuracy means "
+                                 "nothing")
+            if val is not None and image_folder_classes(val) != classes:
+                raise ValueError(f"recipe: data.val_source {str(val)!r} has class folders "
+                                 f"{image_folder_classes(val)} but data.source has {classes}; both need the same "
+                                 "folders (labels are numbered by sorted folder name)")
+
+    def check_model(self) -> None:
+        """Build the model once on PyTorch's meta device (no memory, no weights): wrong ``model.kwargs`` fail here,
+        before any work (`run_job` and ``pfgdf run --dry-run`` call this).
+
+        Raises:
+            ValueError: ``model.kwargs`` do not fit the model's constructor.
+        """
+        from pfgdf_plugin.recipes.model import check_buildable
+
+        check_buildable(self.model, self.model.num_classes or 2, self.input_size[0])
 
 
 def _section(key: str, kind: type, value: object) -> object:
@@ -197,7 +234,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         >>> apply_overrides({"train": {"epochs": 5}}, ["train.epochs=1", "benchmark.threads=[1, 2]"])
         {'train': {'epochs': 1}, 'benchmark': {'threads': [1, 2]}}
     """
-    import yaml
+    from pfgdf_plugin.recipes.safe_yaml import load_yaml
 
     result = _plain(data)
     for item in overrides:
@@ -205,10 +242,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ValueError(f"recipe: override {item!r} must look like key.path=value, e.g. train.epochs=1")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"recipe: override {item!r}: the value is not valid YAML ({err})") from err
+        value = load_yaml(text, f"recipe: override {item!r}: the value")
         node = result
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)

@@ -128,16 +128,17 @@ def execute_job(recipe: Recipe, *, progress: bool = True) -> JobResult:
     if not isinstance(recipe, Recipe):
         raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
     recipe.check_files()
+    recipe.check_model()
     start = time.perf_counter()
     out = Path(recipe.output_dir)
     log = partial(_log, progress)
     torch.manual_seed(recipe.seed)
 
-    data = _load_data(recipe, log)
+    data = _load_data(recipe, log, progress)
     model, accuracy = _prepare_model(recipe, data, log, progress)
     result, round_to = _prune(recipe, model, data, log, progress)
     _recover(recipe, result.model, model, data, accuracy, log, progress)
-    exported = _export(recipe, model, result.model, data.train, out, log)
+    exported = _export(recipe, model, result.model, data.train, out, log, progress)
 
     log(f"[6/6] writing {out}/")
     _save_models(recipe, model, result.model, data.num_classes, out)
@@ -149,18 +150,23 @@ def execute_job(recipe: Recipe, *, progress: bool = True) -> JobResult:
     return JobResult(summary=summary, prune=result, output_dir=out, reports=reports, models=models)
 
 
-def _load_data(recipe: Recipe, log: Log) -> _Data:
+def _load_data(recipe: Recipe, log: Log, progress: bool) -> _Data:
     """Stage 1: the training and validation sets at the recipe's input size."""
     d, size, seed = recipe.data, recipe.input_size, recipe.seed
     log(f"[1/6] data: {d.source} at {size}")
-    dataset = load_dataset(d.source, size, limit=d.limit, seed=seed)
+    dataset = load_dataset(d.source, size, limit=d.limit, seed=seed, progress=progress)
     if d.val_source is None:
         train, val = split(dataset, d.train_fraction)
     else:
-        train, val = dataset, load_dataset(d.val_source, size, limit=d.limit, seed=seed)
+        train, val = dataset, load_dataset(d.val_source, size, limit=d.limit, seed=seed, progress=progress)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"recipe: data: {len(train)} training and {len(val)} validation images; need both "
                          "(more images, data.limit, or data.train_fraction)")
+    present = train.tensors[1].unique().tolist()
+    if len(present) < 2:
+        raise ValueError(f"recipe: data.source {d.source!r}: the training images carry {len(present)} label(s) "
+                         f"{present}; a classifier needs two classes or more (with one, every prediction is right "
+                         "and accuracy means nothing)")
     labels = int(max(train.tensors[1].max(), val.tensors[1].max())) + 1
     n_classes = recipe.model.num_classes or labels
     if n_classes < labels:
@@ -224,7 +230,7 @@ def _recover(recipe: Recipe, pruned: nn.Module, teacher: nn.Module, data: _Data,
 
 
 def _export(recipe: Recipe, model: nn.Module, pruned: nn.Module, train: TensorDataset, out: Path,
-            log: Log) -> _Exports:
+            log: Log, progress: bool) -> _Exports:
     """Stage 5: ONNX exports of both models (and ORT / INT8 of the pruned one), then their latency."""
     e, b, size = recipe.export, recipe.benchmark, recipe.input_size
     done = _Exports()
@@ -252,7 +258,7 @@ def _export(recipe: Recipe, model: nn.Module, pruned: nn.Module, train: TensorDa
         done.timed["pruned.int8"] = q.path
     if b.runs:
         done.bench = benchmark_latency(done.timed, baseline=onnx_original.path, threads=b.threads, runs=b.runs,
-                                       seed=recipe.seed)
+                                       seed=recipe.seed, progress=progress)
         done.plots.append(done.bench.plot(out / "latency.png"))
     return done
 

@@ -4,6 +4,14 @@ Each hooked tensor is turned into ``[B, C, N]`` maps, its CI is computed chunk b
 sums are staged; a forward's sums are committed when the model's forward completes, so a forward that raises
 leaves none.
 
+With ``feature="input"`` a layer that reads the output of a pooling layer (max-pooling between VGG stages, global
+pooling before a classifier) is scored on the pooling layer's *input*, the post-activation map itself (what the
+paper's VGG code hooks: the ReLU before pooling); its sums are stored under the pooling layer's name. The model's
+own outputs are maps too: whatever consumes the model (a loss, the next stage) reads them, so channels that no
+layer inside the model reads (a classifier's logits, a last conv's post-activation map) are scored on them. Their
+sums are stored under `output_key` names, and the session notes which layer returned each output directly
+(`CalibrationSession.output_of`).
+
 Examples:
     >>> import torch
     >>> from pfgdf_plugin.criteria.chip.stats import LayerStats
@@ -35,6 +43,45 @@ from pfgdf_plugin.models.layers import NORM_TYPES, WEIGHTED_TYPES
 HOOKED_TYPES: dict[str, tuple[type, ...]] = {"input": WEIGHTED_TYPES, "output": WEIGHTED_TYPES, "norm": NORM_TYPES}
 """Per feature (``"input"``, ``"output"``, ``"norm"``), the layer types whose tensors are hooked."""
 
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
+POOL_TYPES: tuple[type, ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+"""Pooling layers whose input, not output, scores the channels their readers read (``feature="input"``)."""
+
+
+def output_key(index: int, channels_last: bool = False) -> str:
+    """Name under which the sums of the model's ``index``-th output tensor are stored (``feature="input"``).
+
+    A 3-D output ``[B, X, Y]`` is stored twice: channels along dim 1 (conv1d-style) and, ``channels_last``,
+    along dim 2 (token-style); the group that reads it picks the one its layers use.
+
+    Examples:
+        >>> output_key(0), output_key(1, channels_last=True)
+        ('<output 0>', '<output 1, channels last>')
+    """
+    return f"<output {index}{', channels last' if channels_last else ''}>"
+
+
+def flatten_outputs(obj: object) -> list[object]:
+    """A model's outputs as a flat list, in the order Torch-Pruning traces them (tensors, lists, tuples, dicts)."""
+    if isinstance(obj, (list, tuple)):
+        return [t for sub in obj for t in flatten_outputs(sub)]
+    if isinstance(obj, dict):
+        return [t for sub in obj.values() for t in flatten_outputs(sub)]
+    return [obj]
+
+
+def _output_views(t: torch.Tensor) -> list[tuple[bool, torch.Tensor]]:
+    """``[B, C, N]`` views of an output tensor: ``[B, F]`` has one position; ``[B, X, Y]`` both ways."""
+    if t.ndim == 2:
+        return [(False, t.unsqueeze(-1))]
+    if t.ndim == 3:
+        return [(False, t), (True, t.transpose(1, 2))]
+    return [(False, t.reshape(t.shape[0], t.shape[1], -1))]
+
 
 def channels_of(module: nn.Module, feature: str) -> int:
     """Channels of the tensor hooked on ``module`` for ``feature``.
@@ -56,7 +103,7 @@ def channels_of(module: nn.Module, feature: str) -> int:
 def _as_maps(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """``[B, C, N]`` view of a hooked tensor: conv/norm maps ``[B, C, *spatial]``; linear and LayerNorm tensors
     ``[B, *tokens, F]`` become ``[B, F, tokens]`` (a plain ``[B, F]`` has one position)."""
-    if isinstance(module, (nn.Linear, nn.LayerNorm)):
+    if isinstance(module, _CHANNELS_LAST):
         return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
     return x.reshape(x.shape[0], x.shape[1], -1)
 
@@ -80,6 +127,9 @@ class CalibrationSession:
     Attributes:
         batches: forwards of ``model`` completed so far.
         aliases: for ``feature="input"``, layer name -> the layer whose input was the very same tensor.
+        output_of: for ``feature="input"``, layer name -> `output_key` of the model output it returned itself.
+        unowned_outputs: for ``feature="input"``, indices of the model outputs no hooked layer returned itself
+            (Torch-Pruning gives each an output node), in order.
     """
 
     def __init__(self, model: nn.Module, stats: dict[str, LayerStats], feature: str, chunk_bytes: int) -> None:
@@ -93,6 +143,10 @@ class CalibrationSession:
         self.staging: dict[str, list] = {}
         self.seen: dict[int, tuple[weakref.ref, str]] = {}
         self.aliases: dict[str, str] = {}
+        self.produced: dict[str, tuple[weakref.ref, nn.Module]] = {}
+        self.output_of: dict[str, str] = {}
+        self.unowned_outputs: list[int] = []
+        self.pooled: dict[int, tuple[weakref.ref, str, int]] = {}
 
     def register(self, targets: list[tuple[str, nn.Module]]) -> Iterator[RemovableHandle]:
         """Register the hooks (on the model, on each ``(name, layer)`` target, and input checks), yielding each
@@ -104,7 +158,13 @@ class CalibrationSession:
                 yield module.register_forward_pre_hook(_bind(self.on_input, name, module))
             else:
                 yield module.register_forward_hook(_bind(self.on_output, name, module))
-        if self.feature != "input":
+        if self.feature == "input":  # which layer returns a model output itself (identity only, no CI)
+            for name, module in self.model.named_modules():
+                if isinstance(module, (*WEIGHTED_TYPES, *NORM_TYPES)):
+                    yield module.register_forward_hook(_bind(self.on_produced, name, module))
+                elif isinstance(module, POOL_TYPES):
+                    yield module.register_forward_hook(_bind(self.on_pool, name, module))
+        else:  # the input hooks of "input" check channel counts themselves
             for name, module in self.model.named_modules():
                 if isinstance(module, WEIGHTED_TYPES):
                     yield module.register_forward_pre_hook(_bind(self.check_input, name, module))
@@ -122,15 +182,75 @@ class CalibrationSession:
                     f"calibration batch {self.batches + 1} has per-sample shape {shape}, but the first batch had "
                     f"{self.sample_shape}; feed every calibration batch at one input size"
                 )
-        self.staging, self.seen, self.active = {}, {}, True
+        self.staging, self.seen, self.produced, self.pooled, self.active = {}, {}, {}, {}, True
 
     def end(self, module: nn.Module, args: tuple, output: Any) -> None:
         if module is not self.model or not self.active:
             return
+        if self.feature == "input":
+            self._record_outputs(output)
         for name, (ci, energy, bound, samples, positions) in self.staging.items():
+            if name not in self.stats:  # a model output or a pooling layer's input, first seen in this batch
+                self.stats[name] = LayerStats(name, int(ci.shape[0]))
+            elif self.stats[name].channels != ci.shape[0]:
+                raise ValueError(
+                    f"calibration batch {self.batches + 1}: {name} has {ci.shape[0]} channels, but "
+                    f"{self.stats[name].channels} in the batches before"
+                )
             self.stats[name].add(ci, energy, bound, samples, positions)
         self.batches += 1
-        self.staging, self.seen, self.active = {}, {}, False
+        self.staging, self.seen, self.produced, self.pooled, self.active = {}, {}, {}, {}, False
+
+    def _record_outputs(self, output: Any) -> None:
+        """CI of every float model output with a batch dimension, and which layer returned each one itself."""
+        outputs = [t for t in flatten_outputs(output) if isinstance(t, torch.Tensor)]
+        owner: dict[int, tuple[str, nn.Module]] = {}
+        for name, (ref, layer) in self.produced.items():
+            t = ref()
+            if t is not None:
+                owner[id(t)] = (name, layer)
+        unowned = []
+        for k, t in enumerate(outputs):
+            if not t.is_floating_point() or t.ndim < 2 or t.shape[0] == 0:
+                continue
+            for last, maps in _output_views(t.detach()):
+                key = output_key(k, last)
+                self._stage(key, [*self._sums(maps, key, "output"), maps.shape[0], maps.shape[2]])
+            hit = owner.get(id(t))
+            if hit is None:
+                unowned.append(k)
+            else:
+                name, layer = hit
+                self.output_of[name] = output_key(k, t.ndim == 3 and isinstance(layer, _CHANNELS_LAST))
+        self.unowned_outputs = unowned
+
+    def on_pool(self, name: str, layer: nn.Module, module: nn.Module, args: tuple, output: Any) -> None:
+        """CI of a pooling layer's input map; its output is remembered so that its readers alias to it."""
+        x = args[0] if args else None
+        if module is not layer or not self.active or not isinstance(output, torch.Tensor):
+            return
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 3:
+            return
+        source = self._pooled_source(x)  # pooling of a pooled map: the map before the first pooling
+        if source is not None:
+            key = source[1]
+        else:
+            key = name
+            maps = x.detach().reshape(x.shape[0], x.shape[1], -1)
+            self._stage(key, [*self._sums(maps, key, "input"), maps.shape[0], maps.shape[2]])
+        self.pooled[output.untyped_storage().data_ptr()] = (weakref.ref(output), key, int(x.shape[1]))
+
+    def _pooled_source(self, x: torch.Tensor) -> tuple[weakref.ref, str, int] | None:
+        """The pooling layer whose output ``x`` is (or is a view of, such as a flattened copy), if any.
+
+        A live weak reference to that output means its storage is still in use, so a storage match is exact.
+        """
+        hit = self.pooled.get(x.untyped_storage().data_ptr())
+        return hit if hit is not None and hit[0]() is not None else None
+
+    def on_produced(self, name: str, layer: nn.Module, module: nn.Module, args: tuple, output: Any) -> None:
+        if module is layer and isinstance(output, torch.Tensor):
+            self.produced[name] = (weakref.ref(output), layer)
 
     def on_input(self, name: str, layer: nn.Module, module: nn.Module, args: tuple) -> None:
         if module is layer and args:
@@ -161,13 +281,19 @@ class CalibrationSession:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
             raise ValueError(f"the {where} of layer {name!r} is not a float tensor with a batch dimension")
         channels = self.stats[name].channels
-        got = x.shape[-1] if isinstance(layer, (nn.Linear, nn.LayerNorm)) else x.shape[1]
+        got = x.shape[-1] if isinstance(layer, _CHANNELS_LAST) else x.shape[1]
         if got != channels:
             raise ValueError(
                 f"layer {name!r} expects {channels} channels at its {where}, got a tensor of shape "
                 f"{tuple(x.shape)}; check the calibration images' channels and size"
             )
-        if self.feature == "input":  # two layers reading the same tensor (a block's conv and its shortcut)
+        if self.feature == "input":
+            pooled = self._pooled_source(x)
+            if pooled is not None and pooled[2] == channels:  # a pooled map: the map before pooling scores it
+                self.aliases[name] = pooled[1]
+                self._stage(name, self.staging[pooled[1]])
+                return
+            # two layers reading the same tensor (a block's conv and its shortcut)
             hit = self.seen.get(id(x))
             if hit is not None and hit[0]() is x:
                 self.aliases[name] = hit[1]
@@ -185,8 +311,9 @@ class CalibrationSession:
                 sums = (part_ci.sum(0), part_energy.sum(0), part_bound.sum(0))
                 ci, energy, bound = sums if ci is None else (ci + sums[0], energy + sums[1], bound + sums[2])
         except NonFiniteMaps:
+            what = name if name.startswith("<") else f"layer {name!r}"
             raise ValueError(
-                f"NaN or Inf in the {where} of layer {name!r} in calibration batch {self.batches + 1}; "
+                f"NaN or Inf in the {where} of {what} in calibration batch {self.batches + 1}; "
                 "check the images and the weights of the layers before it"
             ) from None
         return [ci.cpu(), energy.cpu(), bound.cpu()]

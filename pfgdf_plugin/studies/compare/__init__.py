@@ -19,29 +19,41 @@ global threshold):
   Gaussian z-values: comparable by construction).
 * ``pfgdf+l1``, ``pfgdf+fpgm``, ``pfgdf+chip``: PFGDF (L1 statistic) decides how many channels each group loses;
   L1 norm / FPGM / CHIP (``rank_by=``) chooses which ones.
-* ``chip``: `CHIPImportance` (per-layer ``normalization="mean"``), calibrated on 4 batches.
+* ``chip``: `CHIPImportance` on the paper's post-activation maps (per-layer ``normalization="mean"``),
+  calibrated on 4 batches.
 * ``l1``, ``l2``, ``fpgm``, ``bn-scale``, ``taylor``: Torch-Pruning's importances with ``normalizer="mean"``
   (each group's scores divided by their mean); Taylor from gradients of one backward pass over 4 batches.
 * ``random``: Torch-Pruning's ``RandomImportance`` (uniform scores, comparable as they are).
 
 Modules: `config` (options, constants, criteria), `experiment` (`compare`), `summary` (statistics over seeds),
-`latency` (ONNX export and timing), `report` (table, footer, plot).
+`latency` (ONNX export and timing), `report` (table, footer, plot, and `write_outputs`: data before plot).
 """
 
-from pfgdf_plugin.studies.compare.config import CRITERIA, DATASETS, DESCRIPTIONS, QUICK_SETTINGS, CompareConfig
+from pfgdf_plugin.studies.compare.config import (
+    CRITERIA,
+    DATASETS,
+    DESCRIPTIONS,
+    QUICK_SETTINGS,
+    CompareConfig,
+    quick_summary,
+)
 from pfgdf_plugin.studies.compare.experiment import compare
-from pfgdf_plugin.studies.compare.report import footer, plot, table
+from pfgdf_plugin.studies.compare.report import OUTPUTS, footer, markdown, plot, table, write_outputs
 from pfgdf_plugin.studies.compare.summary import summarise
 
 __all__ = [
     "CRITERIA",
     "DATASETS",
     "DESCRIPTIONS",
+    "OUTPUTS",
     "QUICK_SETTINGS",
     "CompareConfig",
     "compare",
     "footer",
+    "markdown",
     "plot",
+    "quick_summary",
     "summarise",
     "table",
+    "write_outputs",
 ]

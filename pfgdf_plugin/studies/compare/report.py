@@ -1,13 +1,22 @@
-"""Rendering of a comparison report: the summary table (text or Markdown), its footer, and the accuracy plot."""
+"""Rendering of a comparison report: the summary table (text or Markdown), its footer, the accuracy plot, and
+`write_outputs`, which writes them in an order that loses nothing to a plotting error."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pfgdf_plugin._util import io as _io
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+OUTPUTS: tuple[str, ...] = ("compare.json", "compare.md", "compare.png")
+"""The files `write_outputs` writes, in its order: the report, the table, the plot."""
 
 
 def _cell(s: dict[str, float] | None) -> str:
@@ -84,9 +93,7 @@ def footer(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Accuracy after BN recalibration and after fine-tuning vs MACs kept, one line per criterion; PNG, atomic.
-
-    Points are means over seeds with min-max bars; PFGDF-based criteria are solid lines, the others dashed.
+    """`figure` written to ``path`` as a PNG, atomically.
 
     Raises:
         ValueError: ``path`` does not end in ``.png``.
@@ -104,39 +111,157 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"plot path must end in .png, got {str(target)!r}")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    base = report["unpruned"]
-    for ax, key, title in ((axes[0], "acc_recal", "after BN recalibration"),
-                           (axes[1], "acc_finetuned", "after fine-tuning")):
-        for crit in report["config"]["criteria"]:
-            pts = sorted((s["macs_kept"]["mean"], s[key]) for s in report["summary"]
-                         if s["criterion"] == crit and key in s)
-            if not pts:
-                continue
-            xs = [p[0] * 100 for p in pts]
-            ys = [p[1]["mean"] * 100 for p in pts]
-            err = [[(p[1]["mean"] - p[1]["min"]) * 100 for p in pts], [(p[1]["max"] - p[1]["mean"]) * 100 for p in pts]]
-            style = "-" if crit.startswith("pfgdf") else "--"
-            ax.errorbar(xs, ys, yerr=err, marker="o", linestyle=style, capsize=3, label=crit)
-        ax.axhline(base["accuracy"] * 100, color="black", linewidth=1, linestyle=":", label="unpruned")
-        ax.set_xlabel("MACs kept (%)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    if "acc_finetuned" in base:
-        axes[1].axhline(base["acc_finetuned"]["mean"] * 100, color="grey", linewidth=1, linestyle="-.",
-                        label="unpruned + same fine-tune")
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Criteria on {report['config']['data']} (mean, min-max over {len(report['config']['seeds'])} "
-                 "seeds)")
-    fig.tight_layout()
+    fig = figure(report)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     return _io.write_with(target, lambda fh: fh.write(buffer.getvalue()))
 
+
+def figure(report: dict[str, Any]) -> Figure:
+    """Accuracy after BN recalibration and after fine-tuning, two panels, as a matplotlib figure.
+
+    Means over seeds with min-max bars. With one MACs target (``--quick``), one row per criterion, best fine-tuned
+    accuracy on top; with several, accuracy against MACs kept, one line per criterion. PFGDF-based criteria are
+    drawn in blues, the others in oranges; the unpruned anchors are vertical (horizontal) lines.
+
+    Examples:
+        >>> acc = {"mean": 0.9, "min": 0.85, "max": 0.95}
+        >>> rows = [{"criterion": c, "target": 0.5, "macs_kept": {"mean": 0.5}, "acc_recal": acc,
+        ...          "acc_finetuned": acc | {"mean": m}} for c, m in (("l1", 0.9), ("pfgdf-l1", 0.92))]
+        >>> report = {"config": {"criteria": ["l1", "pfgdf-l1"], "data": "digits", "seeds": [0, 1]},
+        ...           "unpruned": {"accuracy": 0.98}, "summary": rows}
+        >>> [t.get_text() for t in figure(report).axes[0].get_yticklabels()]  # best fine-tuned first
+        ['pfgdf-l1', 'l1']
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    crits = [c for c in report["config"]["criteria"] if any(s["criterion"] == c for s in report["summary"])]
+    targets = sorted({s["target"] for s in report["summary"]})
+    seeds = len(report["config"]["seeds"])
+    if len(targets) == 1:
+        crits.sort(key=lambda c: -_row(report, c, targets[0]).get("acc_finetuned", {}).get("mean", -1.0))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 1.6 + 0.32 * len(crits)), sharey=True)
+        for ax, key, title in zip(axes, _PANELS, _TITLES, strict=True):
+            _dots(ax, report, crits, targets[0], key, title)
+        fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7)
+        title = f"Criteria on {report['config']['data']} at {targets[0]:.0%} of MACs"
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        for ax, key, title in zip(axes, _PANELS, _TITLES, strict=True):
+            _lines(ax, report, crits, key, title)
+        fig.legend(*axes[1].get_legend_handles_labels(), loc="center right", fontsize=7)
+    fig.suptitle(f"{title if len(targets) == 1 else 'Criteria on ' + report['config']['data']} "
+                 f"(mean, bar: min-max over {seeds} seed{'s' * (seeds > 1)})", fontsize=10)
+    # Room for the legend: below the rows of one target, right of the lines of several.
+    fig.tight_layout(rect=(0, 0, 0.86, 1) if len(targets) > 1 else (0, 0.5 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+_PANELS = ("acc_recal", "acc_finetuned")
+_TITLES = ("after BN recalibration", "after fine-tuning")
+
+
+def _row(report: dict[str, Any], crit: str, target: float) -> dict[str, Any]:
+    return next((s for s in report["summary"] if s["criterion"] == crit and s["target"] == target), {})
+
+
+def _colour(i: int, crit: str) -> Any:
+    """PFGDF-based criteria in blues, the others in oranges; ``i`` picks the shade (one per line)."""
+    from matplotlib import colormaps
+
+    return colormaps["Blues" if crit.startswith("pfgdf") else "Oranges"](0.45 + 0.1 * (i % 6))
+
+
+def _spread(s: dict[str, float]) -> tuple[float, list[float], list[float]]:
+    """Mean, and the bar below and above it, in %; clamped at 0 for means rounded outside [min, max]."""
+    return s["mean"] * 100, [max(s["mean"] - s["min"], 0.0) * 100], [max(s["max"] - s["mean"], 0.0) * 100]
+
+
+def _anchors(ax: Axes, report: dict[str, Any], key: str, vertical: bool) -> None:
+    base = report["unpruned"]
+    line = ax.axvline if vertical else ax.axhline
+    line(base["accuracy"] * 100, color="black", linewidth=1, linestyle=":", label="unpruned")
+    if key == "acc_finetuned" and base.get("acc_finetuned"):
+        line(base["acc_finetuned"]["mean"] * 100, color="grey", linewidth=1, linestyle="-.",
+             label="unpruned + same fine-tune")
+
+
+def _dots(ax: Axes, report: dict[str, Any], crits: list[str], target: float, key: str, title: str) -> None:
+    """One target: a row per criterion (the first on top), its mean and min-max bar."""
+    for i, crit in enumerate(crits):
+        row = _row(report, crit, target)
+        if key in row:
+            mean, lo, hi = _spread(row[key])
+            ax.errorbar([mean], [i], xerr=[lo, hi], fmt="o", capsize=3, color=_colour(2, crit))
+    _anchors(ax, report, key, vertical=True)
+    ax.set_yticks(range(len(crits)), crits, fontsize=8)
+    ax.set_ylim(len(crits) - 0.5, -0.5)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _lines(ax: Axes, report: dict[str, Any], crits: list[str], key: str, title: str) -> None:
+    """Several targets: accuracy against MACs kept, a line per criterion (PFGDF-based solid, others dashed)."""
+    markers = "osD^v<>"
+    for i, crit in enumerate(crits):
+        pts = sorted((s["macs_kept"]["mean"], s[key]) for s in report["summary"] if s["criterion"] == crit and key in s)
+        if not pts:
+            continue
+        spreads = [_spread(p[1]) for p in pts]
+        ax.errorbar([p[0] * 100 for p in pts], [m for m, _, _ in spreads],
+                    yerr=[[lo[0] for _, lo, _ in spreads], [hi[0] for _, _, hi in spreads]],
+                    marker=markers[i % len(markers)], linestyle="-" if crit.startswith("pfgdf") else "--",
+                    capsize=3, color=_colour(i, crit), label=crit)
+    _anchors(ax, report, key, vertical=False)
+    ax.set_xlabel("MACs kept (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """``compare.md``: a title, the Markdown `table` and the `footer` (see `write_outputs` for an example)."""
+    return "# Criteria comparison\n\n" + table(report, markdown=True) + "\n\n" + footer(report) + "\n"
+
+
+def write_outputs(report: dict[str, Any], folder: str | os.PathLike) -> tuple[list[Path], str | None]:
+    """Write `OUTPUTS` to ``folder`` (created if missing), each atomically: JSON and Markdown first, then the plot.
+
+    A plot that fails is reported, not raised: the numbers it would show are already on disk.
+
+    Returns:
+        The paths written, and the plot's error as ``"<type>: <message>"`` (``None`` when it was written).
+
+    Examples:
+        >>> import tempfile
+        >>> acc = {"mean": 0.9, "min": 0.85, "max": 0.95}
+        >>> cell = {"criterion": "l1", "target": 0.5, "macs_kept": {"mean": 0.5}, "params_kept": {"mean": 0.4},
+        ...         "acc_stale": acc, "acc_recal": acc, "acc_finetuned": acc}
+        >>> report = {"config": {"criteria": ["l1"], "data": "digits", "seeds": [0, 1], "train_images": 8,
+        ...           "test_images": 2, "width": 8, "train_epochs": 1, "recalibration_batches": 1,
+        ...           "finetune_epochs": 1, "finetune_lr": 0.01}, "unpruned": {"accuracy": 0.98, "macs": 1e6,
+        ...           "params": 10}, "summary": [cell], "runs": [], "seconds": 1.0}
+        >>> paths, error = write_outputs(report, tempfile.mkdtemp())
+        >>> [p.name for p in paths], error
+        (['compare.json', 'compare.md', 'compare.png'], None)
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "compare.png").mkdir()  # the plot cannot be written; the data files still are
+        >>> paths, error = write_outputs(report, folder)
+        >>> [p.name for p in paths], error.split(":")[0]
+        (['compare.json', 'compare.md'], 'IsADirectoryError')
+    """
+    out = Path(folder)
+    paths = [_io.write_text(out / OUTPUTS[0], json.dumps(report, indent=2) + "\n"),
+             _io.write_text(out / OUTPUTS[1], markdown(report))]
+    try:
+        paths.append(plot(report, out / OUTPUTS[2]))
+    except Exception as exc:  # matplotlib's errors are many and varied; the data is safe either way
+        return paths, f"{type(exc).__name__}: {exc}"
+    return paths, None

@@ -11,14 +11,18 @@ SUMMARY_KEYS: tuple[str, ...] = ("macs_kept", "params_kept", "acc_stale", "acc_r
 
 
 def stats(values: list[float]) -> dict[str, float]:
-    """Mean, min, max and sample standard deviation (0 for one value) of ``values``.
+    """Mean, min, max and sample standard deviation (0 for one value) of ``values``; min <= mean <= max always.
 
     Examples:
         >>> stats([1.0, 3.0])
         {'mean': 2.0, 'min': 1.0, 'max': 3.0, 'std': 1.4142135623730951}
+        >>> stats([0.003] * 3)["mean"]  # fmean gives 0.0030000000000000005: rounding, outside [min, max]
+        0.003
     """
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    lo, hi = min(values), max(values)
+    # The rounded mean of equal values can land one ulp outside them; plots draw mean - min as an error bar.
+    mean = min(max(statistics.fmean(values), lo), hi)
+    return {"mean": mean, "min": lo, "max": hi, "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -113,3 +113,65 @@ def tolerant_index_mapping() -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(index_mapping, name, fn)
+
+
+def _split_output_numbers(split_node: object) -> list[int] | None:
+    """For each consumer of a split node, which of the split's outputs it reads (autograd's ``output_nr``), or
+    ``None`` when some consumer reads none or several of them."""
+    numbers = []
+    for out_node in split_node.outputs:
+        grad_fn = getattr(out_node, "grad_fn", None)
+        found = {nr for fn, nr in (getattr(grad_fn, "next_functions", None) or ()) if fn is split_node.grad_fn}
+        if len(found) != 1:
+            return None
+        numbers.append(found.pop())
+    return numbers
+
+
+def _ordered_split_mapping(original: Callable[..., None]) -> Callable[..., None]:
+    """``update_split_index_mapping`` with each consumer mapped to the part it reads, at the current part sizes."""
+    from torch_pruning import ops
+    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    def update(graph: tp.DependencyGraph, split_node: object) -> None:
+        original(graph, split_node)
+        sizes = getattr(split_node.module, "split_sizes", None) if split_node.type == ops.OPTYPE.SPLIT else None
+        numbers = _split_output_numbers(split_node) if sizes is not None else None
+        if numbers is None or max(numbers, default=0) >= len(sizes):
+            return
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        for out_node, nr in zip(split_node.outputs, numbers, strict=True):
+            for dep in split_node.dependencies:
+                if dep.target is out_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=False)
+            for dep in out_node.dependencies:
+                if dep.target is split_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=True)
+
+    return update
+
+
+@contextlib.contextmanager
+def ordered_split_mapping() -> Iterator[None]:
+    """A block in which Torch-Pruning maps each part of a channel split (``torch.split``, ``chunk``) to the layer
+    that reads that part, at the part's current size.
+
+    Torch-Pruning 1.6 gives a split's i-th part to the i-th consumer in its graph, which is traversal order
+    (MixNet's ``MixedConv2d``: part 0 went to the last conv, so pruning a channel removed another part's input
+    and left a model that runs but computes something else). It also keeps the part offsets of the trace after
+    pruning (its ``SplitPruner`` updates ``split_sizes`` but stores the new offsets on itself), so a second group
+    through the same split was mapped to stale positions. Here the part is autograd's output number of the
+    consumer's input, and the offsets come from ``split_sizes``; a split whose consumers are not one part each is
+    left as Torch-Pruning maps it. ``get_pruning_group`` refreshes every mapping first, so this applies to every
+    group built inside the block.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    saved = index_mapping.update_split_index_mapping
+    index_mapping.update_split_index_mapping = _ordered_split_mapping(saved)
+    try:
+        yield
+    finally:
+        index_mapping.update_split_index_mapping = saved

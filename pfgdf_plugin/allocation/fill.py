@@ -46,11 +46,13 @@ def plan_from_counts(groups: list[ScoredGroup], counts: list[int], threshold: fl
 
 def fill_to_target(
     groups: list[ScoredGroup], start: Plan, kept_of: Callable[[Plan], float], target: float, tolerance: float,
-    min_channels: int, round_to: int | None,
+    min_channels: int, round_to: int | None, below: float | None = None,
 ) -> Plan:
     """From ``start`` (a plan keeping more than ``target``), remove steps of units until the predicted kept
     fraction ``kept_of(plan)`` is within ``tolerance`` of ``target``, lowest-scoring step first, never going below
-    ``target - tolerance``. Returns the best plan reached (``start`` when no step fits)."""
+    ``target - below`` (``below`` defaults to ``tolerance``). Returns the plan reached (``start`` when no step
+    fits)."""
+    below = tolerance if below is None else below
     width = [g.ch_groups * g.block for g in groups]
     counts = [len(r) // w for r, w in zip(start.removed, width, strict=True)]
     current = kept_of(start)
@@ -70,7 +72,7 @@ def fill_to_target(
             trial[i] = nxt
             trial_plan = plan_from_counts(groups, trial, start.threshold)
             kept = kept_of(trial_plan)
-            if kept >= target - tolerance:
+            if kept >= target - below:
                 counts, current, plan = trial, kept, trial_plan
                 break
         else:

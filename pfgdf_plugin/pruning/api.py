@@ -52,8 +52,9 @@ def prune(
       bisection (on a cost prediction, with one dependency-graph build) and the measured result lands
       within 1 percentage point of the target.
 
-    Attention blocks with a fused ``qkv`` (timm's ViT, DeiT, ...) lose whole heads, the same ones in q, k and
-    v, and their ``num_heads`` is updated. A group that Torch-Pruning cannot build, or that breaks the model
+    Attention blocks with a fused ``qkv`` lose head dimensions (one position of every head, in q, k and v:
+    timm's ``Attention`` in ViT, DeiT, ...) or whole heads (other blocks; see ``pfgdf_plugin.pruning.attention``),
+    and ``head_dim`` or ``num_heads`` is updated. A group that Torch-Pruning cannot build, or that breaks the model
     when pruned (found by a trial on a copy), is left alone and listed in ``result.ignored`` with the reason.
     All work happens on copies; ``inplace=True`` finally replays the checked plan on ``model`` itself.
 
@@ -171,6 +172,7 @@ def _result(
             "filled": run.filled,
             "target_met": run.target_met(),
             "attention_heads": {name: {"before": b, "after": a} for name, b, a in applied.heads},
+            "attention_head_dims": {name: {"before": b, "after": a} for name, b, a in applied.head_dims},
         },
     )
 

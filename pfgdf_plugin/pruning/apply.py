@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 import torch_pruning as tp
 
+from pfgdf_plugin._compat.torch_pruning import ordered_split_mapping
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.models.inputs import Shapes, describe_shapes, outputs_of
-from pfgdf_plugin.pruning.attention import find_heads, update_heads
+from pfgdf_plugin.pruning.attention import find_heads, head_dim_changes, update_heads
 from pfgdf_plugin.pruning.errors import short_error
+from pfgdf_plugin.pruning.mixed import find_split_convs, sync_split_sizes
 
 
 @dataclass
@@ -21,6 +23,7 @@ class Applied:
     params: int
     rejected: list[int]
     heads: list[tuple[str, int, int]]
+    head_dims: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def apply_plan(
@@ -46,7 +49,8 @@ def apply_plan(
     changed = update_heads(layouts)
     sync_linear_sizes(model)
     macs, params = count_and_check(model, example_inputs, out_shape)
-    return Applied(macs, params, rejected, [(names[b], before, after) for b, before, after in changed])
+    dims = [(names[b], before, after) for b, before, after in head_dim_changes(layouts)]
+    return Applied(macs, params, rejected, [(names[b], before, after) for b, before, after in changed], dims)
 
 
 def sync_linear_sizes(model: nn.Module) -> None:
@@ -62,10 +66,18 @@ def sync_linear_sizes(model: nn.Module) -> None:
 
 
 def prune_group(graph: tp.DependencyGraph, root: nn.Module, cut: tuple[int, ...]) -> bool:
-    pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(cut))
+    """Prune the group of ``root`` by ``cut`` (group channel indices); ``False`` when Torch-Pruning refuses.
+
+    Channel splits map to the layer reading each part (`ordered_split_mapping`), and split convolutions'
+    ``splits`` (bookkeeping Torch-Pruning cannot see) follow their pruned part convs, so the model runs after
+    every group, as healing's trials need.
+    """
+    with ordered_split_mapping():
+        pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(cut))
     if not graph.check_pruning_group(pruning_group):
         return False
     pruning_group.prune()
+    sync_split_sizes(find_split_convs(graph.model))
     return True
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
-from pfgdf_plugin._compat.torch_pruning import bounded_group_search, module_name
+from pfgdf_plugin._compat.torch_pruning import bounded_group_search, module_name, ordered_split_mapping
 from pfgdf_plugin._util.budget import BudgetExceeded, DeadlineExceeded
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.criteria.channels import channel_direction
@@ -26,6 +26,7 @@ from pfgdf_plugin.models.layers import WEIGHTED_TYPES, find_gated
 from pfgdf_plugin.pruning.attention import find_heads
 from pfgdf_plugin.pruning.errors import short_error, timeout_error
 from pfgdf_plugin.pruning.graph import build_graph
+from pfgdf_plugin.pruning.mixed import keep_one_per_part, split_parts
 
 Importance = Callable[[tp.dependency.Group], torch.Tensor | None]
 """A Torch-Pruning importance: one score per channel of a group, or ``None`` for a group it cannot score."""
@@ -80,7 +81,7 @@ def enumerate_groups(
         if deadline is not None and time.perf_counter() > deadline:
             raise timeout_error(model, timeout, "listing its groups")
         try:
-            with bounded_group_search(GROUP_SEARCH_STEPS, deadline, max_members) as search:
+            with ordered_split_mapping(), bounded_group_search(GROUP_SEARCH_STEPS, deadline, max_members) as search:
                 group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
         except DeadlineExceeded:
             raise timeout_error(model, timeout, "listing its groups") from None
@@ -177,6 +178,7 @@ def score_groups(
     out_groups, in_groups = _channel_groups(graph, model)
     heads = find_heads(model)
     gated = find_gated(model)
+    parts = split_parts(model)
     scored = []
     for group in tqdm(groups, desc="scoring groups", disable=not progress, file=sys.stderr, leave=False):
         imp = importance(group)
@@ -187,8 +189,8 @@ def score_groups(
         _check_scores(imp, importance, module_name(graph, root), n)
         layout = heads.get(root)
         if layout is not None and layout.channels == n:
-            # q, k and v lose the same heads: `parts` channel groups of `num_heads` blocks of head_dim.
-            ch_groups, block = layout.parts, layout.head_dim
+            # Equal heads, q, k and v aligned: one dimension of every head, or whole heads (attention.py's rule).
+            ch_groups, block = layout.ch_groups, layout.unit_channels
         elif root in gated and n % gated[root] == 0:
             ch_groups, block = gated[root], 1  # value and gate halves lose the same positions
         else:
@@ -205,13 +207,15 @@ def score_groups(
             if n % ch_groups:
                 ch_groups = 1
         scores = _per_unit(imp, ch_groups, block)
-        ranking = scores
+        order = scores
         if rank_by is not None:
             other = rank_by(group)
             if other is not None:
                 _check_scores(other, rank_by, module_name(graph, root), n)
-                ranking = _per_unit(other, ch_groups, block)
+                order = _per_unit(other, ch_groups, block)
+        ranking = torch.argsort(order, stable=True)
         members, names = _member_positions(graph, group)
+        scores, ranking = keep_one_per_part(scores, ranking, members, parts, block)
         channel_norm = any(isinstance(dep.target.module, (nn.LayerNorm, nn.GroupNorm)) for dep, _ in group)
         scored.append(
             ScoredGroup(
@@ -221,7 +225,7 @@ def score_groups(
                 channels=n,
                 ch_groups=ch_groups,
                 scores=scores,
-                ranking=torch.argsort(ranking, stable=True),
+                ranking=ranking,
                 member_positions=members,
                 member_names=names,
                 block=block,

@@ -97,7 +97,9 @@ class PlanSearch:
             # No threshold lands near the target (one group's step is a large share of the cost): take the
             # lowest-scoring steps group by group from the plan just above it.
             start = make_plan(self.groups, found.above[0], s.min_channels, s.round_to)
-            filled = fill_to_target(self.groups, start, kept_of, keep, SEARCH_TOLERANCE, s.min_channels, s.round_to)
+            # Steps may go below the target by half the accepted miss: coarse groups leave no closer plan.
+            filled = fill_to_target(self.groups, start, kept_of, keep, SEARCH_TOLERANCE, s.min_channels, s.round_to,
+                                    below=TARGET_TOLERANCE / 2)
             if abs(kept_of(filled) - keep) < abs(found.kept - keep):
                 self.plan, self.threshold, self.filled = filled, found.above[0], True
 

@@ -136,7 +136,7 @@ class PruneSpec:
 
     ``statistic`` is PFGDF's per-filter statistic; ``round_to`` a channel multiple, ``"auto"`` (ONNX Runtime's
     fast conv block on this CPU) or ``None`` (exact); ``calib_batches`` the training batches CHIP calibrates on.
-    Attention blocks always lose whole heads (see `pfgdf_plugin.pruning.api.prune`).
+    Attention blocks lose head dimensions or whole heads (see `pfgdf_plugin.pruning.attention`).
     """
 
     method: str = "pfgdf"

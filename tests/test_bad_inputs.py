@@ -72,3 +72,16 @@ def test_a_missed_target_names_the_nearest_plans():
     with pytest.warns(UserWarning, match=r"the nearest plans measured keep \d+\.\d% and \d+\.\d%"):
         result = prune(net, torch.randn(1, 3, 16, 16), target_macs=0.5)
     assert result.extra["target_met"] is False
+
+
+def test_bench_threads_are_bounded_and_an_oversubscribed_count_is_said(tmp_path, capsys):
+    from pfgdf_plugin._util.threads import available_cpus
+    from pfgdf_plugin.cli import main
+    from pfgdf_plugin.cli.bench import MAX_THREADS
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")  # never reached: the thread counts are checked first
+    assert main(["bench", str(model), "--threads", "100000"]) == 2
+    assert f"--threads must be an integer in [1, {MAX_THREADS}], got 100000" in capsys.readouterr().err
+    assert main(["bench", str(model), "--threads", str(available_cpus() + 1)]) == 2  # the empty file fails later
+    assert f"exceeds the {available_cpus()} CPUs available here" in capsys.readouterr().err

@@ -33,16 +33,7 @@ def checked(check: str, *args: Any, **kwargs: Any) -> Callable[[str], Any]:
 
 def input_size(option: str = "--input-size") -> Callable[[str], tuple[int, int, int]]:
     """``224`` -> (3, 224, 224); ``160x192`` -> (3, 160, 192); ``1x28x28`` -> (1, 28, 28)."""
-
-    def parse(text: str) -> tuple[int, int, int]:
-        from pfgdf_plugin._util import validate
-
-        try:
-            return validate.input_size(option, text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
+    return checked("input_size", option)
 
 
 def fraction(option: str, **kwargs: Any) -> Callable[[str], float]:

@@ -26,6 +26,7 @@ from pfgdf_plugin._util import validate
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.criteria.chip import CHIPImportance
 from pfgdf_plugin.criteria.pfgdf import PFGDFImportance
+from pfgdf_plugin.models.inputs import images_of
 
 Importance = Callable[..., Any]
 
@@ -111,10 +112,6 @@ def build(name: str) -> Built:
     return CRITERIA[name].build()
 
 
-def _images(batch: object) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (list, tuple)) else batch  # type: ignore[return-value]
-
-
 def calibrate(
     importances: Iterable[object],
     model: nn.Module,
@@ -149,6 +146,6 @@ def calibrate(
             stack.enter_context(imp.calibrate(model))  # type: ignore[attr-defined]
         for batch in tqdm(batches, desc=description, total=num_batches, unit="batch", disable=not progress,
                           file=sys.stderr, leave=False):
-            model(_images(batch))
+            model(images_of(batch))
             count += 1
     return count

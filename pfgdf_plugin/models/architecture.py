@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from pfgdf_plugin.models.layers import sync_linear_sizes
 from pfgdf_plugin.models.zoo import ZOO
 
 KINDS: tuple[str, ...] = ("timm", "zoo", "user")
@@ -132,12 +133,5 @@ def rebuild(
                                                    else True)
         else:
             owner._buffers[leaf] = tensor.clone()
-    _sync_sizes(unpruned)
+    sync_linear_sizes(unpruned)
     return unpruned
-
-
-def _sync_sizes(model: nn.Module) -> None:
-    """Declared sizes follow the weights (the attributes are bookkeeping; the weight is what computes)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.out_features, m.in_features = int(m.weight.shape[0]), int(m.weight.shape[1])

@@ -25,6 +25,16 @@ def run_model(model: nn.Module, example_inputs: torch.Tensor | tuple | list | di
     return model(example_inputs)
 
 
+def images_of(batch: object) -> object:
+    """The images of a batch that is ``images`` or ``(images, labels, ...)`` (a tuple or list).
+
+    Examples:
+        >>> images_of((torch.zeros(2), torch.ones(2))).tolist(), images_of(torch.ones(1)).tolist()
+        ([0.0, 0.0], [1.0])
+    """
+    return batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+
+
 def shapes_of(out: object) -> Shapes:
     """The shapes of a model output (a tensor, or lists / tuples / dicts of tensors) as nested tuples."""
     if isinstance(out, torch.Tensor):

@@ -56,3 +56,15 @@ def find_gated(model: nn.Module) -> dict[nn.Module, int]:
         if produced and read and produced == 2 * read:
             found[fc1] = 2
     return found
+
+
+def sync_linear_sizes(model: nn.Module) -> None:
+    """Make each linear layer's declared sizes those of its weight.
+
+    When two pruned channels map to the same input of a layer (both halves of a GLU's ``chunk(2)`` reach
+    ``fc2``'s input ``p``), Torch-Pruning keeps the right weight columns but subtracts the index count twice from
+    ``in_features``. The weight is what the layer computes with; the attribute is only bookkeeping.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = int(m.weight.shape[0]), int(m.weight.shape[1])

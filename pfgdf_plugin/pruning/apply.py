@@ -10,6 +10,7 @@ import torch_pruning as tp
 from pfgdf_plugin._compat.torch_pruning import ordered_split_mapping
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.models.inputs import Shapes, describe_shapes, outputs_of
+from pfgdf_plugin.models.layers import sync_linear_sizes
 from pfgdf_plugin.pruning.attention import find_heads, head_dim_changes, update_heads
 from pfgdf_plugin.pruning.errors import short_error
 from pfgdf_plugin.pruning.mixed import find_split_convs, sync_split_sizes
@@ -51,18 +52,6 @@ def apply_plan(
     macs, params = count_and_check(model, example_inputs, out_shape)
     dims = [(names[b], before, after) for b, before, after in head_dim_changes(layouts)]
     return Applied(macs, params, rejected, [(names[b], before, after) for b, before, after in changed], dims)
-
-
-def sync_linear_sizes(model: nn.Module) -> None:
-    """Make each linear layer's declared sizes those of its weight.
-
-    When two pruned channels map to the same input of a layer (both halves of a GLU's ``chunk(2)`` reach
-    ``fc2``'s input ``p``), Torch-Pruning keeps the right weight columns but subtracts the index count twice from
-    ``in_features``. The weight is what the layer computes with; the attribute is only bookkeeping.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.out_features, m.in_features = int(m.weight.shape[0]), int(m.weight.shape[1])
 
 
 def prune_group(graph: tp.DependencyGraph, root: nn.Module, cut: tuple[int, ...]) -> bool:

@@ -141,6 +141,13 @@ def find_heads(model: nn.Module) -> dict[nn.Module, HeadLayout]:
     return found
 
 
+def _whole(block: nn.Module, out: int | None, per: int, what: str) -> int:
+    """``out / per``, or ``RuntimeError`` when the projection no longer holds a whole number of ``what``."""
+    if out is None or out % per:
+        raise RuntimeError(f"{type(block).__name__}: projection has {out} outputs, not a whole number of {what}")
+    return out // per
+
+
 def update_heads(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Module, int, int]]:
     """After pruning, set each block's ``num_heads`` or ``head_dim`` (and total width) from its projection.
 
@@ -153,25 +160,15 @@ def update_heads(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Module, 
         out = _out_channels(layout.projection)
         block = layout.block
         if layout.unit == "dim":
-            per_dim = layout.parts * layout.num_heads
-            if out is None or out % per_dim:
-                raise RuntimeError(
-                    f"{type(block).__name__}: projection has {out} outputs, not a whole number of heads of "
-                    f"equal size ({layout.parts} x {layout.num_heads} heads)"
-                )
-            head_dim = out // per_dim
+            head_dim = _whole(block, out, layout.parts * layout.num_heads,
+                              f"heads of equal size ({layout.parts} x {layout.num_heads} heads)")
             if head_dim != block.head_dim:
                 _rescale_q(layout, block.head_dim, head_dim)
                 block.head_dim, block.scale = head_dim, head_dim ** -0.5
                 _set_width(block, layout.num_heads * head_dim)
             continue
         per_head = layout.parts * layout.head_dim
-        if out is None or out % per_head:
-            raise RuntimeError(
-                f"{type(block).__name__}: projection has {out} outputs, not a whole number of heads of "
-                f"{per_head} ({layout.parts} x head_dim {layout.head_dim})"
-            )
-        heads = out // per_head
+        heads = _whole(block, out, per_head, f"heads of {per_head} ({layout.parts} x head_dim {layout.head_dim})")
         if heads != block.num_heads:
             changed.append((block, block.num_heads, heads))
             block.num_heads = heads

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from pfgdf_plugin._util import validate
-from pfgdf_plugin.recovery.evaluate import first_batches, images_of
+from pfgdf_plugin.models.inputs import images_of
+from pfgdf_plugin.recovery.evaluate import first_batches
 
 
 @torch.no_grad()

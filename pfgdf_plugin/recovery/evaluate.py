@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,11 +14,6 @@ from pfgdf_plugin.recovery.distributed import all_sum
 def first_batches(loader: Iterable, limit: int | None) -> Iterable:
     """The loader's batches, at most ``limit`` of them (all when ``None``)."""
     return loader if limit is None else itertools.islice(loader, limit)
-
-
-def images_of(batch: Any) -> torch.Tensor:
-    """The images of a batch that is ``images`` or ``(images, labels)``."""
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 @torch.no_grad()

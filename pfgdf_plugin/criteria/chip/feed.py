@@ -23,11 +23,12 @@ import torch
 import torch.nn as nn
 
 from pfgdf_plugin._util import validate
+from pfgdf_plugin.models.inputs import images_of
 
 
-def images_of(batch: object, index: int) -> torch.Tensor:
-    """The image tensor of one batch: the batch itself, or the first element of a ``(images, ...)`` pair."""
-    images = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+def checked_images(batch: object, index: int) -> torch.Tensor:
+    """The image tensor of one batch (`images_of`), or an error naming the batch's position."""
+    images = images_of(batch)
     if not isinstance(images, torch.Tensor):
         raise ValueError(
             f"calibration batch {index + 1} must be a tensor or an (images, labels) pair, got {type(batch).__name__}"
@@ -71,7 +72,7 @@ class CalibrationData:
             self._batches = list(itertools.islice(self._batches, self.num_batches))
             self._one_shot = False
         for i, batch in enumerate(itertools.islice(self._batches, self.num_batches)):
-            yield images_of(batch, i)
+            yield checked_images(batch, i)
 
     def __repr__(self) -> str:
         kind = type(self._batches).__name__

@@ -224,7 +224,7 @@ def test_overlapping_groups_are_corrected_by_measurement():
     x = torch.randn(1, 3, 96, 96)
     result = prune(model, x, target_macs=0.5)
     assert result.extra["corrections"] >= 1
-    assert abs(result.macs_kept - 0.5) <= 0.01 and result.extra["target_met"]
+    assert abs(result.macs_kept - 0.5) <= 0.01 and result.extra["target_met"] and result.extra["round_to"] == round_to
     assert result.model(x).shape == (1, 10)
 
 
@@ -270,6 +270,6 @@ def test_targets_are_met_with_either_cpus_round_to(round_to):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = prune(CifarResNet(depth=20), torch.randn(1, 3, 32, 32), target_macs=0.5, round_to=round_to)
-    assert abs(result.macs_kept - 0.5) <= 0.01 and result.extra["target_met"]
+    assert abs(result.macs_kept - 0.5) <= 0.01 and result.extra["target_met"] and result.extra["round_to"] == round_to
     for layer in result.layers:
         assert layer.out_after % round_to == 0 or layer.out_after == layer.out_before

@@ -170,6 +170,7 @@ def _result(
             "stage_seconds": _stages(marks),
             "corrections": run.corrections,
             "filled": run.filled,
+            "round_to": settings.round_to,
             "target_met": run.target_met(),
             "attention_heads": {name: {"before": b, "after": a} for name, b, a in applied.heads},
             "attention_head_dims": {name: {"before": b, "after": a} for name, b, a in applied.head_dims},

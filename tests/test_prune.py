@@ -224,7 +224,7 @@ def test_overlapping_groups_are_corrected_by_measurement():
     x = torch.randn(1, 3, 96, 96)
     result = prune(model, x, target_macs=0.5)
     assert result.extra["corrections"] >= 1
-    assert abs(result.macs_kept - 0.5) <= 0.01 and result.extra["target_met"] and result.extra["round_to"] == round_to
+    assert abs(result.macs_kept - 0.5) <= 0.01 and result.extra["target_met"]
     assert result.model(x).shape == (1, 10)
 
 

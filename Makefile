@@ -37,7 +37,7 @@ bench: $(STAMP)
 ## The architecture sweep behind docs/architectures.md: every timm module's smallest model, pruned to half its
 ## MACs, run, exported to ONNX and checked (about an hour on 2 cores with --jobs 2).
 coverage: $(STAMP)
-	$(VENV)/bin/pfgdf coverage --all --jobs 2 --output-dir bench-out/coverage
+	$(VENV)/bin/pfgdf coverage --all --jobs 2 --previous docs/assets/coverage.json --output-dir bench-out/coverage
 
 ## The documentation site (docs/, mkdocs.yml): a strict build into site/ that fails on a broken link or a
 ## missing reference (tests/test_docs.py runs the same build inside `make test`), or a live preview.

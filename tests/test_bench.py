@@ -307,3 +307,26 @@ def test_vgg16_recipe_quick(tmp_path, capsys):
     assert summary["benchmark"]["schema"] == SCHEMA
     assert {p.name for p in out.iterdir()} >= {"original.onnx", "model.onnx", "model.ort"}
     assert "conv filters removed" in capsys.readouterr().out
+
+
+def test_a_recorded_latency_target_is_compared_with_what_was_measured(models, tmp_path):
+    """An export's ``pfgdf.latency_target`` (from `pfgdf prune --target-speedup`) becomes a note: target vs achieved
+    at the target's thread count, with the ratio; a malformed record is ignored."""
+    from pfgdf_plugin.deploy.onnx import read_model_metadata
+
+    target = {"goal": "speedup", "value": 1.5, "threads": 1, "target_speedup": 1.5, "predicted_speedup": 1.4}
+    path = tmp_path / "targeted.onnx"
+    export_onnx(models.pruned, path, SIZE, metadata={"variant": "pruned", "latency_target": target})
+    assert json.loads(read_model_metadata(path)["latency_target"]) == target
+    result = benchmark_latency([path], baseline=models.original_onnx.path, threads=1, runs=3, warmup=1)
+    m = next(m for m in result.measurements if m.variant == "targeted")
+    expected = (f"targeted: latency target 1.50x at 1 thread(s), achieved {m.speedup:.2f}x here "
+                f"({m.speedup / 1.5:.3f} of the target); the table predicted 1.40x")
+    assert expected in result.notes
+    assert next(v for v in result.variants if v.name == "targeted").latency_target == target
+
+    bad = tmp_path / "bad.onnx"
+    export_onnx(models.pruned, bad, SIZE, metadata={"latency_target": {"threads": "one"}})
+    result = benchmark_latency([bad], baseline=models.original_onnx.path, threads=1, runs=2, warmup=0)
+    assert next(v for v in result.variants if v.name == "bad").latency_target is None
+    assert not [n for n in result.notes if "latency target" in n]

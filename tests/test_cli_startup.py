@@ -30,7 +30,8 @@ def test_building_the_parser_imports_nothing_heavy():
     assert run.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["prune", "--help"], ["compare", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["prune", "--help"], ["compare", "--help"],
+                                  ["profile", "--help"]])
 def test_help_and_version_import_no_heavy_module(argv):
     # -X importtime lists every module imported, one per line on stderr: "import time: self | cumulative | name".
     run = _python(f"import sys; sys.argv = ['pfgdf', *{argv!r}]; from pfgdf_plugin.cli import main; main()",
@@ -46,13 +47,14 @@ def _owners() -> list[tuple[str, object, object]]:
     from pfgdf_plugin import data
     from pfgdf_plugin.criteria import STATISTICS
     from pfgdf_plugin.deploy import bundle, int8, onnx, ort, parity
-    from pfgdf_plugin.measure import latency
+    from pfgdf_plugin.measure import latency, profiling
     from pfgdf_plugin.studies import compare, coverage
 
     return [
         ("BUILTIN_DATA", _names.BUILTIN_DATA, data.BUILTIN),
         ("STATISTICS", _names.STATISTICS, STATISTICS),
         ("PROTOCOL_RUNS", _names.PROTOCOL_RUNS, latency.PROTOCOL_RUNS),
+        ("PROFILE_LEVELS", _names.PROFILE_LEVELS, profiling.LEVELS),
         ("COMPARE_CRITERIA", _names.COMPARE_CRITERIA, compare.CRITERIA),
         ("COMPARE_DATASETS", _names.COMPARE_DATASETS, compare.DATASETS),
         ("COMPARE_QUICK", _names.COMPARE_QUICK, compare.QUICK_SETTINGS),

@@ -171,3 +171,168 @@ def test_every_module_meets_the_goal(tmp_path):
     report.to_json(tmp_path / "coverage.json")
     assert len(report.rows) == len(timm.list_modules())
     assert report.success_rate >= coverage.SUCCESS_GOAL, report.summary()
+
+
+# ------------------------------------------------------------------ groups left alone, before -> after, peak memory
+# Rows built by hand with known `ignored` dicts: every figure below is counted by hand from these rows.
+
+RAN_AWAY = "dependency search ran away (over 20,000 steps or 1,000 members)"
+REFUSED = "Torch-Pruning's check refused to prune this group"
+SPLIT_TRIAL = ("pruning it breaks the model (RuntimeError: split_with_sizes expects split_sizes to sum exactly to 34 "
+               "(input tensor's size at dimension 1), but got split_sizes=[10, 10, 10, 10])")
+SPLIT_BUILD = "Torch-Pruning could not build its group (IndexError: list index out of range)"
+BUILD = "Torch-Pruning could not build its group (ZeroDivisionError: integer division or modulo by zero)"
+TRIAL = "pruning it breaks the model (RuntimeError: weight should contain 315 elements not 360)"
+SHAPE = "pruning it changes the shape of a model output"
+
+
+def _sweep_rows():
+    """7 models: 9 groups left alone in 2 (a: 3, b: 6); c and the rest only protected layers; d has no result."""
+    return [
+        _row(family="fa", model="m_a", peak_rss_gb=2.04, ignored={
+            "head.fc": "classifier", "user.block": "ignored_layers", "s1.conv": RAN_AWAY,
+            "s2.conv": "dependency search did not finish within 1 s", "s3.qkv": REFUSED}),
+        _row(family="fb", model="m_b", peak_rss_gb=0.96, ignored={
+            "fc": "classifier", "b1": SPLIT_TRIAL, "b2": SPLIT_BUILD, "b3": BUILD, "b4": TRIAL, "b5": SHAPE,
+            "b6": "a reason nobody foresaw"}),
+        _row(family="fc", model="m_c", status="fail", macs_floor=0.62, macs_kept=0.625, peak_rss_gb=7.26,
+             reason="target_macs=0.5 out of reach: the structure keeps at least 62.0% of MACs",
+             ignored={"fc": "classifier"}),
+        _row(family="fd", model="m_d", status="exception", reason="prune: memory limit: 8.1 GB resident > 8 GB",
+             macs_kept=None, params_kept=None, onnx_error=None),
+        _row(family="fe", model="m_e", peak_rss_gb=3.0, ignored={"head": "classifier"}),
+        _row(family="ff", model="m_f", status="exempt", peak_rss_gb=1.5),
+        _row(family="fg", model="m_g", peak_rss_gb=0.5),
+    ]
+
+
+def _report(rows, date="2026-03-04T05:06:07+00:00", command="pfgdf coverage --all"):
+    return coverage.CoverageReport(rows=rows, date=date, seconds=100.0, environment={},
+                                   settings={"jobs": 1, "threads": 1, "command": command})
+
+
+def test_left_alone_totals_categories_and_peak_memory(tmp_path):
+    report = _report(_sweep_rows())
+    page = report.to_markdown(tmp_path / "page.md")
+    section = page[page.index("## Groups left alone"):page.index("## Peak memory")]
+    assert "**9** group(s) left alone in **2 of 7** models (5 models pass)" in section
+    # Most groups first, ties in the mapping's order; "before" only with a previous sweep.
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table == [
+        "| why | groups | models | examples | most frequent reason |",
+        "| --- | ---: | ---: | --- | --- |",
+        f"| split/concat index mapping | 2 | 1 | `m_b` (2) | {SPLIT_TRIAL[:117]}... |",
+        f"| dependency search ran away | 2 | 1 | `m_a` (2) | {RAN_AWAY} |",
+        f"| breaks the model when pruned (trial) | 2 | 1 | `m_b` (2) | {TRIAL} |",
+        f"| Torch-Pruning could not build the group | 1 | 1 | `m_b` (1) | {BUILD} |",
+        f"| Torch-Pruning's check refused | 1 | 1 | `m_a` (1) | {REFUSED} |",
+        "| other | 1 | 1 | `m_b` (1) | a reason nobody foresaw |",
+        "| **total** | **9** | **2** |  |  |",
+    ]
+    assert "Compared with the previous sweep" not in page
+    # Per model: the left-alone count (protected layers not counted) and the peak memory, one decimal.
+    results = page[page.index("## Results"):]
+    assert "| left alone | ONNX error | seconds | peak GB | status | reason |" in results
+    assert "| `fa` | `m_a` | 3x224x224 | 50.0% | 40.0% | 3 | 1.0e-07 | 12.0 | 2.0 | ok |  |" in results
+    assert "| `fb` | `m_b` | 3x224x224 | 50.0% | 40.0% | 6 | 1.0e-07 | 12.0 | 1.0 | ok |  |" in results
+    assert "| `fc` | `m_c` | 3x224x224 | 62.5% | 40.0% | 0 | 1.0e-07 | 12.0 | 7.3 | fail |" in results
+    assert "| `fd` | `m_d` | 3x224x224 |  |  |  |  | 12.0 |  | exception |" in results
+    memory = page[page.index("## Peak memory"):page.index("## Slowest ten")]
+    assert [line for line in memory.splitlines() if line.startswith("- ")] == [
+        "- `m_c` (`fc`): 7.3 GB, fail", "- `m_e` (`fe`): 3.0 GB, ok", "- `m_a` (`fa`): 2.0 GB, ok",
+        "- `m_f` (`ff`): 1.5 GB, exempt", "- `m_b` (`fb`): 1.0 GB, ok"]
+
+    summary = json.loads(report.to_json(tmp_path / "c.json"))["summary"]
+    alone = summary["left_alone"]
+    assert (alone["models"], alone["models_passing"], alone["groups"], alone["models_with_any"]) == (7, 5, 9, 2)
+    assert alone["per_model"] == {"m_a": 3, "m_b": 6}
+    assert alone["not_counted"] == ["classifier", "ignored_layers"]
+    assert {c: (v["groups"], v["models"]) for c, v in alone["categories"].items()} == {
+        "split/concat index mapping": (2, 1), "Torch-Pruning could not build the group": (1, 1),
+        "dependency search ran away": (2, 1), "Torch-Pruning's check refused": (1, 1),
+        "breaks the model when pruned (trial)": (2, 1), "other": (1, 1)}
+    assert alone["categories"]["dependency search ran away"]["examples"] == [{"model": "m_a", "groups": 2}]
+    assert summary["out_of_reach"] == ["m_c"]
+    assert [m["model"] for m in summary["largest_memory"]] == ["m_c", "m_e", "m_a", "m_f", "m_b"]
+    assert "comparison" not in summary
+    assert "left alone: 9 group(s) besides the classifier in 2 of 7 models; largest peak memory 7.3 GB (m_c)" \
+        in report.summary()
+    # The page regenerates unchanged from the JSON it wrote.
+    assert coverage.CoverageReport.from_json(tmp_path / "c.json").to_markdown() == page
+
+
+def _older_sweep():
+    """The older sweep, as its parsed coverage.json: older reason wordings, an unknown key, no left_alone block.
+    12 groups left alone in 3 models (p: 4 ran away, q: 5 refused + 1 trial, m_d: 2 trial); 4 models pass
+    (m_a, m_b, m_e, p); out of reach: q (floor) and m_f (reason only, no floor)."""
+    slow = "dependency search did not finish within 1 s"
+    rows = [
+        _row(family="fa", model="m_a"),
+        _row(family="fb", model="m_b"),
+        _row(family="fe", model="m_e"),
+        _row(family="fp", model="p", ignored={"fc": "classifier", **{f"p{i}": slow for i in range(4)}}),
+        _row(family="fq", model="q", status="fail", macs_floor=0.7, reason="target_macs=0.5 out of reach: ...",
+             ignored={**{f"q{i}": REFUSED for i in range(5)}, "q5": TRIAL}),
+        _row(family="fd", model="m_d", status="fail", reason="MACs kept 85.0% > 80%",
+             ignored={"d0": TRIAL, "d1": SHAPE}),
+        _row(family="ff", model="m_f", status="exception",
+             reason="prune: TargetOutOfReachError: target_macs=0.5 is out of reach: pruning every prunable group ..."),
+    ]
+    data = json.loads(_report(rows, date="2025-12-01T00:00:00+00:00", command="pfgdf coverage --all --jobs 2")
+                      .to_json())
+    for r in data["rows"]:
+        r["from_an_older_version"] = True
+    del data["summary"]["left_alone"]
+    return data
+
+
+def test_page_compares_with_a_previous_sweep(tmp_path):
+    report, older = _report(_sweep_rows()), _older_sweep()
+    page = report.to_markdown(tmp_path / "page.md", previous=older)
+    section = page[page.index("## Compared with the previous sweep"):page.index("## Peak memory")]
+    assert "Before: the sweep of 2025-12-01 (`pfgdf coverage --all --jobs 2`), 7 models; after: this one, 7 models" \
+        in section
+    assert [line for line in section.splitlines() if line.startswith("| ")][2:] == [
+        "| groups left alone (besides the classifier) | 12 | 9 | -3 |",
+        "| models with any group left alone | 3 | 2 | -1 |",
+        "| models passing | 4 | 5 | +1 |",
+        "| models that cannot reach target_macs | 2 | 1 | -1 |",
+    ]
+    alone = page[page.index("## Groups left alone"):page.index("## Compared with the previous sweep")]
+    # Categories this sweep has none of stay listed when the older one had some.
+    rows = [line for line in alone.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| why | groups | before | models | examples | most frequent reason |"
+    assert [r.split(" | ")[:3] for r in rows[2:]] == [
+        ["| split/concat index mapping", "2", "0"], ["| dependency search ran away", "2", "4"],
+        ["| breaks the model when pruned (trial)", "2", "3"], ["| Torch-Pruning could not build the group", "1", "0"],
+        ["| Torch-Pruning's check refused", "1", "5"], ["| other", "1", "0"], ["| **total**", "**9**", "**12**"]]
+
+    compared = json.loads(report.to_json(tmp_path / "c.json", previous=older))["summary"]["comparison"]
+    assert compared["previous_date"] == "2025-12-01T00:00:00+00:00"
+    assert compared["before"] == {"models": 7, "models_passing": 4, "groups_left_alone": 12, "models_with_any": 3,
+                                  "models_out_of_reach": 2}
+    assert compared["after"] == {"models": 7, "models_passing": 5, "groups_left_alone": 9, "models_with_any": 2,
+                                 "models_out_of_reach": 1}
+    assert compared["categories"]["breaks the model when pruned (trial)"] == {"before": 3, "after": 2}
+    # A CoverageReport as `previous` gives the same page as its parsed JSON.
+    as_report = coverage.CoverageReport(
+        rows=[coverage.CoverageRow.from_dict(r) for r in older["rows"]], date=older["date"],
+        seconds=older["seconds"], environment=older["environment"], settings=older["settings"])
+    assert coverage.render_markdown(report, previous=as_report) == page
+
+
+@pytest.mark.parametrize(
+    ("previous", "match"),
+    [
+        ([], "previous must be a CoverageReport or the parsed JSON of a coverage.json .*got 'list'"),
+        ({"date": "x"}, r"previous must be .*\(a dict with a list of rows, each with .*\), got 'dict'"),
+        ({"rows": [{"family": "a"}]}, r"each with family, model and status\), got 'rows\[0\] without model, status'"),
+    ],
+)
+def test_previous_must_be_a_report_or_its_json(previous, match, tmp_path):
+    report = _report(_sweep_rows())
+    with pytest.raises(ValueError, match=match):
+        report.to_markdown(tmp_path / "page.md", previous=previous)
+    with pytest.raises(ValueError, match=match):
+        report.to_json(tmp_path / "c.json", previous=previous)
+    assert not (tmp_path / "page.md").exists() and not (tmp_path / "c.json").exists()

@@ -221,7 +221,7 @@ def test_api_examples_render_as_code_without_raw_roles(site):
 # About 80 monospace characters fit a code block at a 1280 px window with both sidebars shown (measured in
 # headless Chromium); longer lines are cut at the block's edge and need a horizontal scroll.
 CODE_WIDTH = 80
-WRAPPED_PAGES = ("recipes.md", "deployment.md", "benchmarks.md", "criteria.md")
+WRAPPED_PAGES = ("recipes.md", "deployment.md", "benchmarks.md", "criteria.md", "latency.md")
 
 
 @pytest.mark.parametrize("page", WRAPPED_PAGES)

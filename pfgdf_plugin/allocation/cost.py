@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from pfgdf_plugin._compat.torch_pruning import is_counted
+from pfgdf_plugin.allocation.latency import LatencyModel
 from pfgdf_plugin.allocation.plan import Plan, ScoredGroup
 from pfgdf_plugin.models.layers import NORM_TYPES, WEIGHTED_TYPES, channel_count, is_depthwise
 
@@ -39,8 +40,11 @@ def _counted_units(model: nn.Module) -> list[nn.Module]:
 
 @dataclass(frozen=True)
 class Cost:
+    """Predicted MACs, parameters and (with a latency model) milliseconds."""
+
     macs: float
     params: float
+    latency: float | None = None
 
 
 class CostModel:
@@ -49,6 +53,7 @@ class CostModel:
     def __init__(self, model: nn.Module, example_inputs: object, groups: list[ScoredGroup]) -> None:
         macs, params, layer_macs, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
         self.base = Cost(float(macs), float(params))
+        self.latency: LatencyModel | None = None
         self._groups = groups
         self._units = [(m, float(layer_macs.get(m) or 0.0)) for m in _counted_units(model)]
         # (module, weight numel, numel of its other own parameters): a weight scales with both of its
@@ -67,13 +72,21 @@ class CostModel:
                 if total:
                     self._totals[(id(m), direction)] = total
 
+    def with_latency(self, latency: LatencyModel) -> CostModel:
+        """The same counts, also predicting milliseconds with ``latency``."""
+        other = copy.copy(self)
+        other.latency = latency
+        other.base = Cost(self.base.macs, self.base.params, latency.predict({}))
+        return other
+
     def subset(self, groups: list[ScoredGroup]) -> CostModel:
         """The same counts, predicting plans over ``groups`` (some of the original groups) only."""
         other = copy.copy(self)
         other._groups = groups
         return other
 
-    def _fractions(self, plan: Plan) -> dict[tuple[int, str], float]:
+    def fractions(self, plan: Plan) -> dict[tuple[int, str], float]:
+        """Kept fraction of each layer's channels after ``plan``, by ``(id(layer), "in" | "out")`` (absent: 1)."""
         removed: dict[tuple[int, str], float] = {}
         for g, cut in zip(self._groups, plan.removed, strict=True):
             if not cut:
@@ -96,7 +109,7 @@ class CostModel:
 
     def estimate(self, plan: Plan) -> Cost:
         """Predicted cost after ``plan``."""
-        frac = self._fractions(plan)
+        frac = self.fractions(plan)
         known_before = known_after = other = 0.0
         for m, macs in self._units:
             f = self._factor(m, frac)
@@ -113,4 +126,5 @@ class CostModel:
                 params += weight + rest
             else:
                 params += weight * f + rest * frac.get((id(m), "out"), 1.0)
-        return Cost(macs=known_after + other * shrink, params=params)
+        latency = None if self.latency is None else self.latency.predict(frac)
+        return Cost(macs=known_after + other * shrink, params=params, latency=latency)

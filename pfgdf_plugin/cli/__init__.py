@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pfgdf_plugin import __version__
 
 # Subcommand modules in this package, in the order `pfgdf --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "run", "prune", "inspect", "export", "bench", "compare", "coverage")
+COMMANDS: tuple[str, ...] = ("demo", "run", "prune", "profile", "inspect", "export", "bench", "compare",
+                              "coverage")
 
 # Errors that describe a bad input or file in their own words (as do this package's own error classes, such as
 # ParityError or GraphTimeoutError); anything else also shows its type and how to see its traceback.

@@ -13,6 +13,8 @@ BUILTIN_DATA: tuple[str, ...] = ("digits", "mnist")
 STATISTICS: tuple[str, ...] = ("l1", "l2", "mean")
 # pfgdf_plugin.measure.latency.PROTOCOL_RUNS
 PROTOCOL_RUNS = 50
+# pfgdf_plugin.measure.profiling.LEVELS
+PROFILE_LEVELS = 12
 
 # pfgdf_plugin.studies.compare: CRITERIA, DATASETS, QUICK_SETTINGS
 COMPARE_CRITERIA: tuple[str, ...] = ("pfgdf-l1", "pfgdf-l2", "pfgdf-mean", "pfgdf+l1", "pfgdf+fpgm", "pfgdf+chip",

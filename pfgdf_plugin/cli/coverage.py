@@ -54,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"resident memory per model before it is stopped (default: {DEFAULT_MEMORY_LIMIT_GB:g})")
     p.add_argument("--output-dir", default="coverage-out",
                    help=f"folder for {' and '.join(OUTPUTS)} (default: coverage-out)")
+    p.add_argument("--previous", metavar="JSON", default=None,
+                   help="an older sweep's coverage.json: the page and JSON compare groups left alone, models with "
+                   "any, models passing and models out of reach (before -> after)")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(run=run)
 
@@ -74,13 +77,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output-dir {str(out)!r} is a file; give a folder")
     # Names are checked here, before anything runs; unknown ones come back with their closest matches.
     cases = list(FAST_CASES) if args.fast else cases_for(args.modules, args.models)
+    previous = _previous(args.previous)  # read before the sweep: it may be the output folder's own file
     json_path, md_path = out / OUTPUTS[0], out / OUTPUTS[1]
     command = "pfgdf coverage " + " ".join(_argv(args))
 
     def save(report: CoverageReport) -> None:
         report.settings |= {"command": command, "json_name": OUTPUTS[0]}
-        report.to_json(json_path)
-        report.to_markdown(md_path)
+        report.to_json(json_path, previous=previous)
+        report.to_markdown(md_path, previous=previous)
 
     def partial(_row: CoverageRow, rows: list[CoverageRow]) -> None:
         # Written after every model, so that an interrupted sweep still leaves its results.
@@ -93,6 +97,27 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
+
+
+def _previous(path: str | None) -> object:
+    """The older sweep given with --previous, parsed and checked; ``None`` without one."""
+    if path is None:
+        return None
+    import json
+
+    from pfgdf_plugin._util import validate
+    from pfgdf_plugin.studies.coverage.report import previous_sweep
+
+    source = validate.input_file("--previous", path, (".json",))
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--previous {str(source)!r} is not JSON: {err}") from None
+    try:
+        previous_sweep(data)
+    except ValueError as err:
+        raise ValueError(f"--previous: {err}") from None
+    return data
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

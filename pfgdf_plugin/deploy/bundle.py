@@ -32,7 +32,7 @@ from pfgdf_plugin.models.saved import load_pruned_with_metadata
 FORMATS: tuple[str, ...] = ("onnx", "ort")
 REPORT_NAME = "export.json"
 # Saved-model metadata carried into model.onnx's pfgdf.* entries.
-_KEPT_METADATA = ("source", "timm_model", "alpha", "target", "macs_kept", "params_kept")
+_KEPT_METADATA = ("source", "timm_model", "alpha", "target", "macs_kept", "params_kept", "latency_target")
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,20 @@ def _parity_failure(target: Path, parity: Parity, own: float) -> ParityError:
     )
 
 
+def onnx_bytes(model: nn.Module, example_input: torch.Tensor, *, exporter: str = "dynamo",
+               opset: int = DEFAULT_OPSET) -> bytes:
+    """``model`` exported at ``example_input``'s shape as a serialized ONNX model, in memory, unchecked: for timing
+    (the latency search), where `export_onnx`'s parity check and file would be wasted.
+
+    Examples:
+        >>> from pfgdf_plugin.models.zoo import CifarVGG
+        >>> len(onnx_bytes(CifarVGG((8, "M")), torch.randn(1, 3, 8, 8))) > 0
+        True
+    """
+    with eval_mode(model), torch.no_grad():
+        return _export_proto(model, example_input, opset, False, exporter).SerializeToString()
+
+
 def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, dynamic_batch: bool, exporter: str) -> Any:
     import onnx
 

@@ -115,7 +115,7 @@ def benchmark_latency(
     calls = _Calls(files, torch_models, x, x_torch, spinning)
     measurements = _time_rounds(variants, calls, thread_counts, runs, warmup, progress)
     _compare(measurements, baseline_name, torch_baseline)
-    notes += _efficiency_notes(measurements, variants)
+    notes += _efficiency_notes(measurements, variants) + _target_notes(measurements, variants)
     return BenchmarkResult(
         variants=variants,
         measurements=measurements,
@@ -299,3 +299,23 @@ def _efficiency_notes(measurements: list[Measurement], variants: list[Variant]) 
         return []
     return [f"efficiency below 0.9 at 1 thread for {', '.join(low)}: channel counts off ONNX Runtime's conv block "
             f"are a common cause; on this CPU prune with round_to={recommended_round_to()} (docs/deployment.md)"]
+
+
+def _target_notes(measurements: list[Measurement], variants: list[Variant]) -> list[str]:
+    """Target against achieved, for variants pruned to a latency target, at the target's thread count."""
+    notes = []
+    for v in variants:
+        t = v.latency_target
+        if t is None:
+            continue
+        m = next((m for m in measurements if m.variant == v.name and m.runtime == v.runtime
+                  and m.threads == t["threads"]), None)
+        predicted = t.get("predicted_speedup")
+        said = f"; the table predicted {predicted:.2f}x" if isinstance(predicted, int | float) else ""
+        if m is None or m.speedup is None:
+            notes.append(f"{v.name}: pruned to a {t['target_speedup']:.2f}x latency target at {t['threads']} "
+                         f"thread(s){said}; time it against its baseline at that thread count to compare")
+        else:
+            notes.append(f"{v.name}: latency target {t['target_speedup']:.2f}x at {t['threads']} thread(s), achieved "
+                         f"{m.speedup:.2f}x here ({m.speedup / t['target_speedup']:.3f} of the target){said}")
+    return notes

@@ -31,10 +31,11 @@ def cpu_name() -> str:
 
 
 def cpu_flags() -> set[str]:
-    """The ISA flags of the first CPU in ``/proc/cpuinfo`` (``avx2``, ``avx512f``, ...); empty where unknown."""
+    """The ISA flags of the first CPU in ``/proc/cpuinfo`` (x86 ``flags``: ``avx2``, ``avx512f``, ...; ARM
+    ``Features``: ``asimd``, ``asimddp``, ...); empty where unknown."""
     try:
         with open("/proc/cpuinfo") as fh:
-            line = next((line for line in fh if line.startswith("flags")), "")
+            line = next((line for line in fh if line.startswith(("flags", "Features"))), "")
     except OSError:
         return set()
     return set(line.partition(":")[2].split())
@@ -63,7 +64,7 @@ def int8_kernels(flags: set[str] | None = None, machine: str | None = None) -> s
     return "vnni" if {"avx512_vnni", "avx_vnni"} & flags else "x86-no-vnni"
 
 
-def recommended_round_to() -> int:
+def recommended_round_to(flags: set[str] | None = None, machine: str | None = None) -> int:
     """A ``round_to`` for `pfgdf_plugin.pruning.api.prune` that keeps convs on ONNX Runtime's fast path here.
 
     On x86, ONNX Runtime runs convs in its blocked NCHWc layout: 16-channel blocks with AVX-512F, 8 without.
@@ -71,15 +72,22 @@ def recommended_round_to() -> int:
     counts are padded up to the block, which wastes the padded MACs (docs/deployment.md has the measurements).
     Elsewhere (ARM) 8 is returned as a safe multiple of NEON's 4-wide vectors; that case is not measured.
 
+    Args:
+        flags: another CPU's ISA flags (default: this one's).
+        machine: another CPU's machine name, e.g. ``"x86_64"`` (default: this one's).
+
     Returns:
         16 on x86 with AVX-512F, else 8.
 
     Examples:
         >>> recommended_round_to() in (8, 16)
         True
+        >>> recommended_round_to({"avx2"}, "x86_64"), recommended_round_to({"avx512f"}, "x86_64")
+        (8, 16)
     """
-    if platform.machine().lower() in X86_MACHINES:
-        return 16 if "avx512f" in cpu_flags() else 8
+    flags = cpu_flags() if flags is None else flags
+    if (platform.machine() if machine is None else machine).lower() in X86_MACHINES:
+        return 16 if "avx512f" in flags else 8
     return 8
 
 

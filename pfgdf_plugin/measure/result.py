@@ -37,6 +37,8 @@ class Variant:
     size_bytes: int | None
     kind: str | None = None  # "original", "pruned", "int8" when the export recorded it
     ort_target_platform: str | None = None  # for .ort files made by export_ort
+    # The latency target the model was pruned to, when `pfgdf prune` recorded one (`LatencyOutcome` fields).
+    latency_target: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class Variant:
             "size_bytes": self.size_bytes,
             "kind": self.kind,
             "ort_target_platform": self.ort_target_platform,
+            "latency_target": self.latency_target,
         }
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,7 +88,18 @@ def _onnx_variant(name: str, path: Path, meta: Mapping[str, str]) -> Variant:
         macs=float(macs) if macs else None, params=int(float(params)) if params else None,
         size_bytes=path.stat().st_size, kind=meta.get(f"{META_PREFIX}variant"),
         ort_target_platform=meta.get(f"{META_PREFIX}ort_target_platform") if path.suffix == ".ort" else None,
+        latency_target=_latency_target(meta.get(f"{META_PREFIX}latency_target")),
     )
+
+
+def _latency_target(text: str | None) -> dict | None:
+    """The recorded latency target (JSON with a numeric ``target_speedup`` and ``threads``), else ``None``."""
+    try:
+        value = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(value, dict) and all(isinstance(value.get(k), int | float) for k in ("target_speedup", "threads"))
+    return value if ok else None
 
 
 def torch_variant(name: str, module: nn.Module, x: torch.Tensor) -> Variant:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -14,12 +15,14 @@ import torch.nn as nn
 from pfgdf_plugin._compat.torch_pruning import tolerant_index_mapping
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.allocation import CostModel
+from pfgdf_plugin.measure.table import LatencyTable
 from pfgdf_plugin.pruning.apply import Applied
 from pfgdf_plugin.pruning.checks import Settings, check_group_sizes, check_settings, protected_layers
 from pfgdf_plugin.pruning.errors import GraphTimeoutError, TargetOutOfReachError
 from pfgdf_plugin.pruning.groups import Importance, trace
 from pfgdf_plugin.pruning.result import GroupChange, LayerChange, PruneResult
 from pfgdf_plugin.pruning.search import PlanSearch
+from pfgdf_plugin.pruning.speed import LatencySearch
 
 __all__ = ["GraphTimeoutError", "GroupChange", "LayerChange", "PruneResult", "TargetOutOfReachError", "prune"]
 
@@ -31,6 +34,11 @@ def prune(
     alpha: float | None = None,
     target_macs: float | None = None,
     target_params: float | None = None,
+    target_speedup: float | None = None,
+    target_latency_ms: float | None = None,
+    threads: int = 1,
+    latency_table: str | os.PathLike | LatencyTable | None = None,
+    insist_table: bool = False,
     importance: Importance | None = None,
     rank_by: Importance | None = None,
     ignored_layers: Iterable[nn.Module] | None = None,
@@ -51,6 +59,13 @@ def prune(
     * ``target_macs`` / ``target_params``: the fraction of MACs / parameters to keep; ``alpha`` is found by
       bisection (on a cost prediction, with one dependency-graph build) and the measured result lands
       within 1 percentage point of the target.
+    * ``target_speedup`` / ``target_latency_ms``: a measured speed on ONNX Runtime's CPU provider at ``threads``
+      intra-op threads. The threshold is searched on a latency table (each conv, linear and attention operator
+      measured at its real input shape over a grid of channel counts; built here and cached, or ``latency_table``
+      from the deployment device, see ``pfgdf_plugin.device_probe``); channel counts stay at the table's step
+      (ONNX Runtime's channel block) unless ``round_to`` is given. With a table of this machine the exported model
+      is then timed against the unpruned one and the search re-aimed until the measured speed-up is within 3%;
+      ``result.latency`` holds both figures. A device's table gives a predicted speed-up only.
 
     Attention blocks with a fused ``qkv`` lose head dimensions (one position of every head, in q, k and v:
     timm's ``Attention`` in ViT, DeiT, ...) or whole heads (other blocks; see ``pfgdf_plugin.pruning.attention``),
@@ -64,6 +79,10 @@ def prune(
         importance: the criterion whose scores the threshold applies to (default ``PFGDFImportance()``).
         rank_by: another criterion that chooses *which* channels go; ``importance`` still decides *how
             many* each group loses (PFGDF's automated per-layer allocation with e.g. L1 or FPGM ranking).
+        threads: intra-op threads of the runtime a latency target is for (1: one edge core).
+        latency_table: a latency table (`.json` from ``python -m pfgdf_plugin.device_probe``, or a
+            `pfgdf_plugin.measure.table.LatencyTable`); ``None`` measures this machine's.
+        insist_table: use a table measured for another runtime (CPU, ONNX Runtime version, threads) anyway.
         ignored_layers: layers (and their submodules) whose output channels are never pruned.
         classifier: the output layer to protect; ``"auto"`` finds it (timm's ``get_classifier()``, else the
             last linear/conv layer executed), ``None`` protects nothing extra.
@@ -79,7 +98,9 @@ def prune(
 
     Raises:
         ValueError: on a bad argument, an input the model cannot run, NaN/Inf weights, a model with nothing
-            to prune, or an unreachable target. All checks happen before the model is modified.
+            to prune, or an unreachable target (`TargetOutOfReachError`, with the best reachable); a latency
+            table that is corrupt, lacks this model's operators or describes another runtime
+            (`pfgdf_plugin.measure.table.TableError`). All checks happen before the model is modified.
         GraphTimeoutError: the dependency graph did not finish within ``graph_timeout``.
 
     Examples:
@@ -94,7 +115,9 @@ def prune(
     start = time.perf_counter()
     settings = check_settings(alpha=alpha, target_macs=target_macs, target_params=target_params,
                               importance=importance, rank_by=rank_by, round_to=round_to,
-                              min_channels=min_channels, graph_timeout=graph_timeout)
+                              min_channels=min_channels, graph_timeout=graph_timeout, target_speedup=target_speedup,
+                              target_latency_ms=target_latency_ms, threads=threads, latency_table=latency_table,
+                              insist_table=insist_table)
     protected = protected_layers(model, example_inputs, ignored_layers, classifier)
     names = {m: n for n, m in model.named_modules()}
     ignored_names = {names[m]: why for m, why in protected.items()}
@@ -111,13 +134,22 @@ def prune(
         cost = CostModel(work, example_inputs, traced.groups)
         before = _layer_channels(work)
         marks["count_before"] = time.perf_counter() - start
+        speed = None
+        if settings.latency is not None:
+            speed = LatencySearch.prepare(work, model, example_inputs, settings.latency, progress=progress)
+            cost = cost.with_latency(speed.predictor)
+            settings = speed.settings(settings, cost)
+            marks["latency_table"] = time.perf_counter() - start
         check_group_sizes(settings, [g.channels for g in traced.groups])
         run = PlanSearch(model, example_inputs, settings, traced.groups, cost, traced.out_shape, progress=progress)
         run.left_alone.update(traced.skipped)
         run.search()
         marks["search"] = time.perf_counter() - start
         run.apply_and_heal(work, traced.graph)  # the first modification: of the traced copy
-        run.meet_target()
+        if speed is not None:
+            speed.meet(run, example_inputs)  # type: ignore[arg-type]
+        else:
+            run.meet_target()
         if inplace:
             # Replay the plan that worked on a copy; the same graph and plan give the same model.
             final = run.attempt(run.plan, model)
@@ -127,7 +159,7 @@ def prune(
         marks["apply_and_verify"] = time.perf_counter() - start
     for n, m in run.model.named_modules():  # copies were made in eval mode: give back the caller's modes
         m.training = training.get(n, m.training)
-    return _result(run, settings, before, {**ignored_names, **run.left_alone}, start, marks)
+    return _result(run, settings, before, {**ignored_names, **run.left_alone}, start, marks, speed)
 
 
 def _copy_with_gradients(model: nn.Module) -> nn.Module:
@@ -141,7 +173,7 @@ def _copy_with_gradients(model: nn.Module) -> nn.Module:
 
 def _result(
     run: PlanSearch, settings: Settings, before: dict[str, tuple[str, int, int]], ignored: dict[str, str],
-    start: float, marks: dict[str, float],
+    start: float, marks: dict[str, float], speed: LatencySearch | None = None,
 ) -> PruneResult:
     applied, after = run.applied, _layer_channels(run.model)
     assert isinstance(applied, Applied)
@@ -171,10 +203,11 @@ def _result(
             "corrections": run.corrections,
             "filled": run.filled,
             "round_to": settings.round_to,
-            "target_met": run.target_met(),
+            "target_met": run.target_met() if speed is None else speed.target_met(),
             "attention_heads": {name: {"before": b, "after": a} for name, b, a in applied.heads},
             "attention_head_dims": {name: {"before": b, "after": a} for name, b, a in applied.head_dims},
         },
+        latency=None if speed is None else speed.outcome(run),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +20,29 @@ from pfgdf_plugin.pruning.groups import Importance
 
 
 @dataclass(frozen=True)
+class LatencyGoal:
+    """A latency target: ``kind`` ``"speedup"`` (``value`` x faster) or ``"ms"`` (``value`` milliseconds), on
+    ONNX Runtime's CPU provider at ``threads`` intra-op threads; ``table`` a latency table given by the caller
+    (``None``: measure one here, cached), with ``table_name`` for messages; ``insist`` uses a table measured for
+    another runtime anyway."""
+
+    kind: str
+    value: float
+    threads: int
+    table: Any = None
+    table_name: str = ""
+    insist: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """One prune() call's checked settings.
 
     Attributes:
         alpha: the threshold given, or ``None`` when a target is searched.
-        target: ``("macs" | "params", fraction to keep)``, or ``None`` for a given ``alpha``.
+        target: ``("macs" | "params" | "latency", fraction to keep)``, or ``None`` for a given ``alpha``
+            (a latency target's fraction is set once its table is known).
+        latency: the latency target, or ``None``.
         importance: the criterion whose scores the threshold applies to.
         rank_by: the criterion that chooses which channels go (``None``: ``importance``).
         round_to: kept channel counts are multiples of this (``None``: exact).
@@ -39,6 +57,7 @@ class Settings:
     round_to: int | None
     min_channels: int
     graph_timeout: float | None
+    latency: LatencyGoal | None = None
 
 
 def check_settings(
@@ -51,21 +70,33 @@ def check_settings(
     round_to: object,
     min_channels: object,
     graph_timeout: object,
+    target_speedup: object = None,
+    target_latency_ms: object = None,
+    threads: object = 1,
+    latency_table: object = None,
+    insist_table: object = False,
 ) -> Settings:
     """Every scalar argument of prune(), checked; raises ``ValueError`` naming the first bad one."""
-    given = [n for n, v in (("alpha", alpha), ("target_macs", target_macs), ("target_params", target_params))
-             if v is not None]
+    targets = (("alpha", alpha), ("target_macs", target_macs), ("target_params", target_params),
+               ("target_speedup", target_speedup), ("target_latency_ms", target_latency_ms))
+    given = [n for n, v in targets if v is not None]
     if len(given) != 1:
         raise ValueError(
-            "give exactly one of alpha, target_macs, target_params" + (f" (got {', '.join(given)})" if given else "")
+            "give exactly one of " + ", ".join(n for n, _ in targets) + (f" (got {', '.join(given)})" if given else "")
         )
     target: tuple[str, float] | None = None
+    latency = None
     if alpha is not None:
         alpha = validate.positive_float("alpha", alpha)
     elif target_macs is not None:
         target = ("macs", validate.fraction("target_macs", target_macs))
-    else:
+    elif target_params is not None:
         target = ("params", validate.fraction("target_params", target_params))
+    else:
+        latency = latency_goal(target_speedup, target_latency_ms, threads, latency_table, insist_table)
+        target = ("latency", 1.0)
+    if latency is None and latency_table is not None:
+        raise ValueError("latency_table is used with target_speedup or target_latency_ms only")
     for name, crit in (("importance", importance), ("rank_by", rank_by)):
         if crit is not None and not callable(crit):
             raise ValueError(f"{name} must be a Torch-Pruning Importance (callable on a group), got {crit!r}")
@@ -77,7 +108,40 @@ def check_settings(
         round_to=validate.optional_int("round_to", round_to, 1),
         min_channels=validate.integer("min_channels", min_channels, 1),
         graph_timeout=None if graph_timeout is None else validate.positive_float("graph_timeout", graph_timeout),
+        latency=latency,
     )
+
+
+def latency_goal(target_speedup: object, target_latency_ms: object, threads: object, latency_table: object,
+                 insist_table: object) -> LatencyGoal:
+    """The checked latency target; a table file is read (JSON, nothing executed) and checked here."""
+    from pfgdf_plugin.measure.table import LatencyTable
+
+    if target_speedup is not None:
+        kind, value = "speedup", validate.number("target_speedup", target_speedup)
+        if not value > 1:
+            raise ValueError(f"target_speedup must be a number > 1 (times faster than the unpruned model), got "
+                             f"{target_speedup!r}")
+    else:
+        kind, value = "ms", validate.positive_float("target_latency_ms", target_latency_ms)
+    insist = validate.boolean("insist_table", insist_table)
+    if latency_table is None:
+        from pfgdf_plugin._util.threads import check_threads
+
+        return LatencyGoal(kind, value, check_threads("threads", threads), insist=insist)
+    if isinstance(latency_table, LatencyTable):
+        table, name = latency_table, "latency_table"
+    elif isinstance(latency_table, str | os.PathLike):
+        path = validate.input_file("latency_table", latency_table, (".json",))
+        table, name = LatencyTable.load(path), str(path)
+    else:
+        raise ValueError(f"latency_table must be a path to a .json table or a LatencyTable, got {latency_table!r}")
+    # A device's table may come from a machine with more cores than this one: threads are checked against it.
+    count = validate.integer("threads", threads, 1)
+    if count != table.key.threads and not insist:
+        raise ValueError(f"threads={count} but {name} was measured with {table.key.threads} thread(s): pass "
+                         f"threads={table.key.threads}, or measure a table at {count}")
+    return LatencyGoal(kind, value, count, table, name, insist)
 
 
 def protected_layers(

@@ -14,17 +14,22 @@ class TargetOutOfReachError(ValueError):
     """Even pruning every prunable group to ``min_channels`` keeps more than the target (measured).
 
     Attributes:
-        kind: ``"macs"`` or ``"params"``.
+        kind: ``"macs"``, ``"params"`` or ``"latency"``.
         target: the fraction asked for.
         floor: the smallest fraction this model reaches (everything not left alone pruned to the minimum).
     """
 
     def __init__(self, kind: str, target: float, floor: float, min_channels: int) -> None:
-        super().__init__(
-            f"target_{kind}={target:g} is out of reach: pruning every prunable group down to "
-            f"min_channels={min_channels} still keeps {floor:.1%} of {kind} (the classifier, ignored layers and "
-            f"the groups left alone are never pruned). Ask for a fraction of at least {floor:.2f}."
-        )
+        why = (f"pruning every prunable group down to min_channels={min_channels} still keeps {floor:.1%} of "
+               f"{kind} (the classifier, ignored layers and the groups left alone are never pruned)")
+        if kind == "latency":
+            super().__init__(
+                f"the latency target (keep {target:.1%} of the latency, a {1 / target:.2f}x speed-up) is out of "
+                f"reach: {why}. The best reachable is a {1 / floor:.2f}x speed-up ({floor:.1%} of the latency)."
+            )
+        else:
+            super().__init__(f"target_{kind}={target:g} is out of reach: {why}. Ask for a fraction of at least "
+                             f"{floor:.2f}.")
         self.kind, self.target, self.floor = kind, target, floor
 
 

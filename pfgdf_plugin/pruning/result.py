@@ -39,6 +39,56 @@ class LayerChange:
 
 
 @dataclass
+class LatencyOutcome:
+    """A latency target and what was reached, on ONNX Runtime's CPU provider at ``threads`` threads.
+
+    Attributes:
+        goal: ``"speedup"`` or ``"ms"``; ``value`` the target (times faster, or milliseconds).
+        threads: intra-op threads the latencies are for.
+        table: the table's runtime (CPU, ISA, ONNX Runtime version, threads) and where it came from.
+        predicted_before_ms, predicted_after_ms: the table's prediction for the unpruned and pruned model (the
+            unpruned prediction is the whole-model measurement stored in the table; the pruned one is the table's
+            alone, before the search fitted it to measurements).
+        measured_before_ms, measured_after_ms: medians of interleaved runs of both exported models here, or
+            ``None`` when the table describes another machine (then nothing here can measure it).
+        corrections: measured re-aims of the search.
+        table_seconds: time spent measuring the table (0 when every operator was cached).
+    """
+
+    goal: str
+    value: float
+    threads: int
+    table: str
+    predicted_before_ms: float
+    predicted_after_ms: float
+    measured_before_ms: float | None = None
+    measured_after_ms: float | None = None
+    corrections: int = 0
+    table_seconds: float = 0.0
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.predicted_before_ms / self.predicted_after_ms
+
+    @property
+    def measured_speedup(self) -> float | None:
+        if self.measured_before_ms is None or self.measured_after_ms is None:
+            return None
+        return self.measured_before_ms / self.measured_after_ms
+
+    @property
+    def target_speedup(self) -> float:
+        """The speed-up asked for (a millisecond target over the unpruned latency: measured, else predicted)."""
+        if self.goal == "speedup":
+            return self.value
+        return (self.measured_before_ms or self.predicted_before_ms) / self.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"predicted_speedup": self.predicted_speedup,
+                               "measured_speedup": self.measured_speedup, "target_speedup": self.target_speedup}
+
+
+@dataclass
 class PruneResult:
     """What `prune` did.
 
@@ -55,6 +105,7 @@ class PruneResult:
         seconds: wall time of the whole call.
         extra: ``stage_seconds`` (prepare, graph_and_scoring, count_before, search, apply_and_verify),
             ``corrections`` (measured re-aims of a target search) and ``target_met``.
+        latency: with a latency target, the latencies predicted and measured (`LatencyOutcome`), else ``None``.
     """
 
     model: nn.Module
@@ -72,6 +123,7 @@ class PruneResult:
     params_after: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    latency: LatencyOutcome | None = None
 
     @property
     def macs_kept(self) -> float:
@@ -101,6 +153,7 @@ class PruneResult:
             "groups": [asdict(g) | {"kept": g.kept} for g in self.groups],
             "layers": [asdict(layer) for layer in self.layers],
             "ignored": self.ignored,
+            "latency": None if self.latency is None else self.latency.to_dict(),
             **self.extra,
         }
 

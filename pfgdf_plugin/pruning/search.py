@@ -70,9 +70,10 @@ class PlanSearch:
             self.threshold = float(s.alpha)  # type: ignore[arg-type]
             self.plan = make_plan(groups, self.threshold, s.min_channels, s.round_to)
         else:
-            self._bisect(*s.target)
+            self.search_to(*s.target)
 
-    def _bisect(self, kind: str, keep: float) -> None:
+    def search_to(self, kind: str, keep: float) -> None:
+        """Aim the plan at keeping ``keep`` of the predicted ``kind`` (bisection on the threshold, then fill)."""
         s = self.settings
         base = getattr(self.cost.base, kind)
 

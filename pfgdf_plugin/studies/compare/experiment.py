@@ -41,8 +41,8 @@ Cell = tuple[str, float, int]
 
 
 @dataclass(frozen=True)
-class _Setup:
-    """What every step of one `compare` call shares."""
+class Setup:
+    """What every step of one `compare` call shares (data, the example input, progress bar, output folder)."""
 
     cfg: CompareConfig
     train: TensorDataset
@@ -91,21 +91,24 @@ def compare(config: CompareConfig | None = None, *, progress: bool = False) -> d
     try:
         with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="pfgdf-compare-") as tmp:
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return _run(_setup(cfg, bar, Path(tmp)), cells, start)
+            return _run(prepare(cfg, Path(tmp), bar), cells, start)
     finally:
         bar.close()
         torch.set_num_threads(threads)
 
 
-def _setup(cfg: CompareConfig, bar: tqdm, folder: Path) -> _Setup:
+def prepare(cfg: CompareConfig, folder: Path, bar: tqdm | None = None) -> Setup:
+    """Load and split ``cfg``'s data set; the setup every step of the comparison shares (``bar``: a progress bar
+    to report to, by default a silent one)."""
+    bar = tqdm(disable=True) if bar is None else bar
     size = SIZES[cfg.data]
     train, test = split(load_dataset(cfg.data, size, limit=cfg.limit), 0.8)
-    return _Setup(cfg, train, test, DataLoader(test, batch_size=256), torch.randn(1, *size), size, bar, folder)
+    return Setup(cfg, train, test, DataLoader(test, batch_size=256), torch.randn(1, *size), size, bar, folder)
 
 
-def _run(s: _Setup, cells: list[Cell], start: float) -> dict[str, Any]:
-    base, unpruned = _train_base(s)
-    unpruned["acc_finetuned"] = stats(_anchor_finetuned(base, s))
+def _run(s: Setup, cells: list[Cell], start: float) -> dict[str, Any]:
+    base, unpruned = train_base(s)
+    unpruned["acc_finetuned"] = stats(anchor_finetuned(base, s))
     runs, onnx_files = _run_cells(base, cells, s)
     report_latency: dict[str, Any] | None = None
     if s.cfg.latency:
@@ -126,7 +129,7 @@ def _run(s: _Setup, cells: list[Cell], start: float) -> dict[str, Any]:
     }
 
 
-def _config_record(s: _Setup) -> dict[str, Any]:
+def _config_record(s: Setup) -> dict[str, Any]:
     cfg = s.cfg
     return dataclasses.asdict(cfg) | {
         "targets": list(cfg.targets), "seeds": list(cfg.seeds), "criteria": list(cfg.criteria),
@@ -135,7 +138,7 @@ def _config_record(s: _Setup) -> dict[str, Any]:
     }
 
 
-def _train_base(s: _Setup) -> tuple[nn.Module, dict[str, Any]]:
+def train_base(s: Setup) -> tuple[nn.Module, dict[str, Any]]:
     """Train the unpruned network (seed 0); its accuracy, MACs, params and training history."""
     s.bar.set_description(f"training ({s.cfg.train_epochs} epochs)")
     torch.manual_seed(0)
@@ -153,7 +156,7 @@ def _train_base(s: _Setup) -> tuple[nn.Module, dict[str, Any]]:
                   "train_seconds": train_s, "train_history": fr.history}
 
 
-def _anchor_finetuned(base: nn.Module, s: _Setup) -> list[float]:
+def anchor_finetuned(base: nn.Module, s: Setup) -> list[float]:
     """The second anchor: the unpruned network given the same recalibration and fine-tuning budget as every cell."""
     s.bar.set_description("unpruned + same fine-tuning")
     accuracies = []
@@ -168,7 +171,7 @@ def _anchor_finetuned(base: nn.Module, s: _Setup) -> list[float]:
     return accuracies
 
 
-def _run_cells(base: nn.Module, cells: list[Cell], s: _Setup) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+def _run_cells(base: nn.Module, cells: list[Cell], s: Setup) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Every cell's row (or its ``"error"``), and the ONNX file of every exported pruned model."""
     onnx_files: dict[str, Path] = {}
     runs: list[dict[str, Any]] = []
@@ -216,7 +219,7 @@ def _prepared_criterion(model: nn.Module, name: str, seed: int, train: TensorDat
     return built
 
 
-def _run_cell(base: nn.Module, name: str, target: float, seed: int, s: _Setup) -> tuple[dict[str, Any], nn.Module]:
+def _run_cell(base: nn.Module, name: str, target: float, seed: int, s: Setup) -> tuple[dict[str, Any], nn.Module]:
     """Prune a copy of ``base`` with one criterion to one MACs target; measure stale, recalibrated, fine-tuned."""
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
@@ -228,18 +231,25 @@ def _run_cell(base: nn.Module, name: str, target: float, seed: int, s: _Setup) -
     prune_s = time.perf_counter() - t0
     pruned = res.model
     pruned.zero_grad(set_to_none=True)
+    recovered = recover(pruned, seed, s)
+    row = {
+        "criterion": name, "target": target, "seed": seed,
+        "macs_kept": res.macs_kept, "params_kept": res.params_kept,
+        "macs_after": res.macs_after, "params_after": res.params_after,
+        **recovered, "prune_seconds": prune_s,
+        "groups_kept": {g.root: round(g.kept, 4) for g in res.groups},
+    }
+    return row, pruned
+
+
+def recover(pruned: nn.Module, seed: int, s: Setup) -> dict[str, Any]:
+    """Every cell's recovery, in place: accuracy as pruned (``acc_stale``), after BatchNorm recalibration
+    (``acc_recal``) and after the fine-tuning budget (``acc_finetuned``, with ``finetune_seconds``)."""
     acc_stale = evaluate(pruned, s.test_loader)
     recalibrate_bn(pruned, train_loader(s.train, BATCH, seed=seed), RECAL_BATCHES)
     acc_recal = evaluate(pruned, s.test_loader)
     t1 = time.perf_counter()
     fr = finetune(pruned, train_loader(s.train, BATCH, seed=seed), s.test_loader,
                   FinetuneConfig(epochs=s.cfg.finetune_epochs, lr=s.cfg.finetune_lr, seed=seed), progress=False)
-    row = {
-        "criterion": name, "target": target, "seed": seed,
-        "macs_kept": res.macs_kept, "params_kept": res.params_kept,
-        "macs_after": res.macs_after, "params_after": res.params_after,
-        "acc_stale": acc_stale, "acc_recal": acc_recal, "acc_finetuned": fr.best_accuracy,
-        "prune_seconds": prune_s, "finetune_seconds": time.perf_counter() - t1,
-        "groups_kept": {g.root: round(g.kept, 4) for g in res.groups},
-    }
-    return row, pruned
+    return {"acc_stale": acc_stale, "acc_recal": acc_recal, "acc_finetuned": fr.best_accuracy,
+            "finetune_seconds": time.perf_counter() - t1}

@@ -15,8 +15,8 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
-import pfgdf_plugin.pruning  # noqa: F401  (first: importing measure.operators cold hits an import cycle)
 from pfgdf_plugin import device_probe
 from pfgdf_plugin.measure import profiling
 from pfgdf_plugin.measure.operators import model_id, operator_sites
@@ -165,6 +165,19 @@ def test_millisecond_target_on_an_injected_table(resnet):
     after = sum(site_ms(s) for s in operator_sites(result.model, X)) + constant
     assert result.latency.goal == "ms" and result.latency.predicted_after_ms == pytest.approx(after, rel=1e-9)
     assert after == pytest.approx(whole / 2.5, rel=0.03)
+
+
+def test_any_importance_allocates_to_a_latency_target(resnet):
+    """Torch-Pruning's own L1 magnitude as the criterion, and PFGDF's allocation with L1 choosing channels: both
+    meet the target on the same table."""
+    table, constant = injected(resnet)
+    whole = table.models[next(iter(table.models))]["ms"]
+    l1 = tp.importance.MagnitudeImportance(p=1)
+    for kwargs in ({"importance": l1}, {"rank_by": l1}):
+        result = prune(resnet, X, target_speedup=1.8, latency_table=table, **kwargs)
+        after = sum(site_ms(s) for s in operator_sites(result.model, X)) + constant
+        assert whole / after == pytest.approx(1.8, rel=0.03), kwargs
+        assert "Magnitude" in (result.criterion if "importance" in kwargs else result.ranked_by)
 
 
 def test_unreachable_speedup_names_the_best_reachable(resnet):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.utils import op_counter
@@ -175,3 +176,66 @@ def ordered_split_mapping() -> Iterator[None]:
         yield
     finally:
         index_mapping.update_split_index_mapping = saved
+
+
+class _GradFnRecord:
+    """What is read from an autograd node after the trace: its ``name()``, its ``_saved_*`` sizes, dims and
+    offsets, and (set by `release_trace`) ``next_functions`` as records; never its saved tensors (the
+    activations of the tracing forward pass)."""
+
+    next_functions: tuple = ()
+
+    def __init__(self, grad_fn: object) -> None:
+        self._name = grad_fn.name()  # type: ignore[attr-defined]
+        for attr in dir(grad_fn):
+            if not attr.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(grad_fn, attr)
+            except Exception:  # a saved value already freed, or one that cannot be unpacked
+                continue
+            if not _holds_tensor(value):
+                setattr(self, attr, value)
+
+    def name(self) -> str:
+        return self._name
+
+
+def _holds_tensor(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, tuple | list) and any(isinstance(v, torch.Tensor) for v in value)
+
+
+def release_trace(graph: tp.DependencyGraph) -> None:
+    """Let the tracing forward pass's autograd graph go, keeping what Torch-Pruning reads from it later.
+
+    The graph's nodes (``node.grad_fn``) and its slice / element-wise ops keep the autograd nodes of the trace,
+    and with them every activation the forward pass saved for backward: for a ViT at 768 x 768 that is many
+    gigabytes, alive as long as the graph is. Pruning with the graph later reads only names and ``_saved_*``
+    sizes of those nodes (index mappings, slice offsets), so each is replaced by a record of exactly that.
+    """
+    records: dict[int, _GradFnRecord] = {}
+    originals: list[object] = []  # alive until the records are linked, so no id() is reused meanwhile
+
+    def record(fn: object) -> object:
+        if fn is None or isinstance(fn, _GradFnRecord) or not callable(getattr(fn, "name", None)):
+            return fn  # element-wise ops may hold the node's name (a str) instead of the node
+        if id(fn) not in records:
+            originals.append(fn)
+            records[id(fn)] = _GradFnRecord(fn)
+        return records[id(fn)]
+
+    nodes = list(graph.module2node.values())
+    # Which node feeds which (split mappings compare next_functions by identity): linked among records.
+    links = [(record(n.grad_fn), getattr(n.grad_fn, "next_functions", None) or ()) for n in nodes]
+    for rec, nxt in links:
+        if isinstance(rec, _GradFnRecord):
+            rec.next_functions = tuple((record(fn), nr) for fn, nr in nxt)
+    for node in nodes:
+        node.grad_fn = record(node.grad_fn)
+        module = node.module
+        if isinstance(module, tp.ops._SliceOp):
+            module.grad_fn = record(module.grad_fn)
+        elif isinstance(module, tp.ops._ElementWiseOp):
+            module._grad_fn = record(module._grad_fn)

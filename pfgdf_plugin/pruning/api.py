@@ -146,6 +146,7 @@ def prune(
         run.search()
         marks["search"] = time.perf_counter() - start
         run.apply_and_heal(work, traced.graph)  # the first modification: of the traced copy
+        del traced  # its graph and trace are done with: measured corrections build their own
         if speed is not None:
             speed.meet(run, example_inputs)  # type: ignore[arg-type]
         else:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from pfgdf_plugin._compat.torch_pruning import tolerant_index_mapping
+from pfgdf_plugin._compat.torch_pruning import release_trace, tolerant_index_mapping
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.models.inputs import run_model
 from pfgdf_plugin.pruning.errors import input_error, timeout_error
@@ -26,6 +26,7 @@ def build_graph(
         with tolerant_index_mapping():
             dg = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
         forget_autograd_state(work)
+        release_trace(dg)
     except Exception as err:
         try:
             with eval_mode(original), torch.no_grad():

@@ -9,6 +9,7 @@ measurements.
 from __future__ import annotations
 
 import copy
+import gc
 import warnings
 
 import torch.nn as nn
@@ -109,6 +110,10 @@ class PlanSearch:
     ) -> Applied | Exception:
         """Apply ``plan`` to ``model`` (a fresh copy of the original by default) and check it; the failure is
         returned, not raised, so the caller can heal."""
+        if model is None:
+            # A dependency graph and its model hold each other in reference cycles: without a collection the
+            # copies of earlier attempts stay resident until Python's collector happens to run.
+            gc.collect()
         work = copy.deepcopy(self.original) if model is None else model
         with eval_mode(work):
             if graph is None:

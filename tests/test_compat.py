@@ -34,12 +34,12 @@ def test_group_members_expose_what_criteria_read():
 def test_the_group_search_hot_spots_exist_and_can_be_bounded():
     spots = compat.search_hot_spots()
     assert len(spots) >= 3, "Torch-Pruning's group search changed: bounded_group_search has nothing to bound"
-    for owner, name in spots:
+    for owner, name, *_ in spots:
         assert callable(getattr(owner, name)), f"{owner.__name__}.{name} is gone"
-    before = [getattr(owner, name) for owner, name in spots]
+    before = [getattr(owner, name) for owner, name, *_ in spots]
     with compat.bounded_group_search(10_000, members=10_000):
         _group()
-    assert [getattr(owner, name) for owner, name in spots] == before  # patched only inside the block
+    assert [getattr(owner, name) for owner, name, *_ in spots] == before  # patched only inside the block
 
 
 def test_index_mapping_functions_can_be_made_tolerant():

@@ -12,7 +12,7 @@ from pfgdf_plugin import prune
 from pfgdf_plugin._compat import torch_pruning as compat
 from pfgdf_plugin._util.budget import BudgetExceeded, DeadlineExceeded, counted_calls
 from pfgdf_plugin.pruning.errors import GraphTimeoutError
-from pfgdf_plugin.pruning.groups import GROUP_SEARCH_STEPS
+from pfgdf_plugin.pruning.groups import GROUP_SEARCH_WORK
 from tests.conftest import state_hash
 
 
@@ -74,12 +74,30 @@ def test_counted_calls_stop_a_runaway_loop_at_the_same_step_however_slow():
             pass
 
     for pause in (0.0, 0.0005):  # a fast and a ten-times-slower machine stop at the same count
-        with pytest.raises(BudgetExceeded, match="within 50 search steps"), counted_calls(50, [(Search, "step")]) as c:
+        with pytest.raises(BudgetExceeded, match="within 50 units of work"), counted_calls(50, [(Search, "step")]) as c:
             while True:
                 time.sleep(pause)
                 Search().step()
         assert c.calls == 51
     assert Search.step.__qualname__.endswith("Search.step"), "the method is restored after the block"
+
+
+def test_weighed_calls_count_the_work_they_do_not_the_calls():
+    class Mapping:
+        def __call__(self, idxs: list) -> list:
+            return idxs
+
+    spots = [(Mapping, "__call__", lambda _self, idxs: len(idxs))]
+    with pytest.raises(BudgetExceeded), counted_calls(1000, spots) as big:
+        for _ in range(20):
+            Mapping()(list(range(300)))  # the 4th call maps indices 901..1200: over the limit
+    with pytest.raises(BudgetExceeded), counted_calls(1000, spots) as small:
+        for _ in range(2000):
+            Mapping()([0])
+    assert big.calls == 1200 and small.calls == 1001
+    with counted_calls(None, spots) as empty:
+        Mapping()([])
+    assert empty.calls == 1, "a call that maps nothing still counts as one unit"
 
 
 def test_a_passed_deadline_is_a_different_exception():
@@ -153,7 +171,7 @@ def test_runaway_group_search_is_left_alone_and_the_rest_is_pruned():
     x = torch.randn(1, 3, 64, 64)
     result = prune(model, x, target_macs=0.5)
     runaway = [name for name, why in result.ignored.items()
-               if f"dependency search ran away (over {GROUP_SEARCH_STEPS:,} steps" in why]
+               if f"dependency search ran away (over {GROUP_SEARCH_WORK:,} units of work" in why]
     assert runaway and all(name.endswith("conv_pwl.conv") for name in runaway)
     assert abs(result.macs_kept - 0.5) <= 0.01 and result.model(x).shape == (1, 10)
 
@@ -164,7 +182,7 @@ def test_the_plan_is_the_same_on_a_much_slower_machine(monkeypatch):
     model = timm.create_model("rexnet_100", num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     fast = prune(model, x, target_macs=0.5)
-    for owner, name in compat.search_hot_spots():
+    for owner, name, *_ in compat.search_hot_spots():
         original = getattr(owner, name)
 
         def slow(*args, _original=original, **kwargs):

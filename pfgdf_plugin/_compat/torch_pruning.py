@@ -33,14 +33,24 @@ def is_counted(module: nn.Module) -> bool:
     return bool(op_counter.is_supported_instance(module))
 
 
-def search_hot_spots() -> list[tuple[type, str]]:
-    """Methods Torch-Pruning's group search calls on every step: where a runaway search is stopped."""
+def search_hot_spots() -> list[tuple]:
+    """Methods Torch-Pruning's group search calls on every step, with the work each call does: where a runaway
+    search is stopped. An index mapping's work is the number of channel indices it maps (a flatten or a split
+    of a wide tensor maps tens of thousands per call); the duplicate check's is the group's size."""
     from torch_pruning.dependency import group, index_mapping
 
-    spots = [(group.Group, "has_pruning_op"), (group.Group, "add_dep")]
+    def indices(mapping: object, idxs: list, *_args: object, **_kwargs: object) -> int:
+        # A forward flatten creates ``stride`` indices per index it maps.
+        widen = 1 if getattr(mapping, "reverse", True) else getattr(mapping, "_stride", 1)
+        return len(idxs) * widen
+
+    def members(group_: object, *_args: object, **_kwargs: object) -> int:
+        return len(group_._group)  # type: ignore[attr-defined]
+
+    spots: list[tuple] = [(group.Group, "has_pruning_op", members), (group.Group, "add_dep")]
     for name in ("_FlattenIndexMapping", "_ConcatIndexMapping", "_SplitIndexMapping", "_SliceIndexMapping"):
         if hasattr(index_mapping, name):
-            spots.append((getattr(index_mapping, name), "__call__"))
+            spots.append((getattr(index_mapping, name), "__call__", indices))
     return spots
 
 
@@ -76,10 +86,10 @@ class _GroupTooLarge:
 def bounded_group_search(
     steps: int | None, deadline: float | None = None, members: int | None = None
 ) -> Iterator[counted_calls]:
-    """A block in which Torch-Pruning's group search raises ``BudgetExceeded`` after ``steps`` hot-spot calls or
-    once the group holds more than ``members`` members (``None``: no such limit), and ``DeadlineExceeded`` once
-    ``time.perf_counter()`` passes ``deadline``. Both limits count work, so they stop at the same place on every
-    machine."""
+    """A block in which Torch-Pruning's group search raises ``BudgetExceeded`` after ``steps`` units of work
+    (`search_hot_spots`) or once the group holds more than ``members`` members (``None``: no such limit), and
+    ``DeadlineExceeded`` once ``time.perf_counter()`` passes ``deadline``. Both limits count work, so they stop at
+    the same place on every machine."""
     with _GroupTooLarge(members), counted_calls(steps, search_hot_spots(), deadline) as counter:
         yield counter
 

@@ -1,6 +1,7 @@
 """Deterministic limits for pure-Python work that may not finish (Torch-Pruning's group search on some graphs).
 
-A limit counts work (calls of the loop's hot-spot methods), never time, so the same input stops at the same
+A limit counts work (calls of the loop's hot-spot methods, each weighed by the size of its input where that
+varies), never time, so the same input stops at the same
 place on every machine. A wall-clock deadline can be checked at the same spots; passing it is a different
 exception, meant to end the whole job with an error, never to change what the job produces.
 
@@ -34,33 +35,58 @@ class DeadlineExceeded(BaseException):
     """Raised inside a counted block whose wall-clock deadline passed (an error for the caller, not a limit)."""
 
 
-class counted_calls:  # lower case: used like a function, `with counted_calls(...):`
-    """Count calls of ``methods`` (``(owner class, name)`` pairs) inside the block; raise `BudgetExceeded` from
-    the call that exceeds ``limit`` (``None``: no limit), and `DeadlineExceeded` once ``time.perf_counter()``
-    passes ``deadline`` (``None``: none).
+Weight = Callable[..., int]
+"""The work one call does, from the call's arguments (``self`` first)."""
 
-    The methods are replaced on their classes only while the block runs and restored afterwards.
+
+class counted_calls:  # lower case: used like a function, `with counted_calls(...):`
+    """Count work in calls of ``methods`` inside the block; raise `BudgetExceeded` from the call that brings it
+    past ``limit`` (``None``: no limit), and `DeadlineExceeded` once ``time.perf_counter()`` passes ``deadline``
+    (``None``: none).
+
+    ``methods`` are ``(owner class, name)`` pairs, each call one unit of work, or ``(owner class, name, weight)``
+    triples, each call ``weight(*args, **kwargs)`` units (at least 1): a call mapping a list of 10,000 indices
+    is 10,000 times the work of one mapping a single index. The methods are replaced on their classes only
+    while the block runs and restored afterwards.
+
+    Examples:
+        >>> class Mapping:
+        ...     def __call__(self, idxs):
+        ...         return idxs
+        >>> with counted_calls(None, [(Mapping, "__call__", lambda self, idxs: len(idxs))]) as work:
+        ...     _ = Mapping()(list(range(500))), Mapping()([1])
+        >>> work.calls
+        501
     """
 
-    def __init__(self, limit: int | None, methods: Sequence[tuple[type, str]], deadline: float | None = None) -> None:
+    def __init__(
+        self, limit: int | None, methods: Sequence[tuple[type, str] | tuple[type, str, Weight]],
+        deadline: float | None = None,
+    ) -> None:
         self.limit, self.methods, self.deadline = limit, methods, deadline
         self.calls = 0
+        self._checks = 0
         self._saved: list[tuple[type, str, Callable[..., Any]]] = []
 
-    def _check(self) -> None:
-        self.calls += 1
+    def _check(self, work: int = 1) -> None:
+        self.calls += max(1, work)
+        self._checks += 1
         if self.limit is not None and self.calls > self.limit:
-            raise BudgetExceeded(f"did not finish within {self.limit:,} search steps")
+            raise BudgetExceeded(f"did not finish within {self.limit:,} units of work")
         # The clock is read every 1,024 calls only: cheap, and a deadline needs no finer grain.
-        if self.deadline is not None and not self.calls & 1023 and time.perf_counter() > self.deadline:
+        if self.deadline is not None and not self._checks & 1023 and time.perf_counter() > self.deadline:
             raise DeadlineExceeded("deadline passed")
 
     def __enter__(self) -> counted_calls:
-        for owner, name in self.methods:
+        self._checks = 0
+        for owner, name, *weighed in self.methods:
             original = getattr(owner, name)
+            weight = weighed[0] if weighed else None
 
-            def checked(*args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> Any:
-                self._check()
+            def checked(
+                *args: Any, _original: Callable[..., Any] = original, _weight: Weight | None = weight, **kwargs: Any
+            ) -> Any:
+                self._check(1 if _weight is None else int(_weight(*args, **kwargs)))
                 return _original(*args, **kwargs)
 
             self._saved.append((owner, name, original))

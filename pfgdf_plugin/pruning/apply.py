@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 import torch_pruning as tp
 
-from pfgdf_plugin._compat.torch_pruning import ordered_split_mapping
+from pfgdf_plugin._compat.torch_pruning import module_name, ordered_split_mapping
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.models.inputs import Shapes, describe_shapes, outputs_of
 from pfgdf_plugin.models.layers import sync_linear_sizes
@@ -65,9 +65,31 @@ def prune_group(graph: tp.DependencyGraph, root: nn.Module, cut: tuple[int, ...]
         pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(cut))
     if not graph.check_pruning_group(pruning_group):
         return False
+    check_in_range(graph, pruning_group)
     pruning_group.prune()
     sync_split_sizes(find_split_convs(graph.model))
     return True
+
+
+def check_in_range(graph: tp.DependencyGraph, group: tp.dependency.Group) -> None:
+    """Raise ``RuntimeError`` when a member's channel indices fall outside its layer's channels.
+
+    Torch-Pruning's mapping through some concatenations (CSP "focus" stems) can send a group to positions a
+    layer does not have: its pruner then shrinks the declared ``out_channels`` but keeps every weight row, a
+    model that still runs but is not what the plan says. Raised before anything is pruned.
+    """
+    for dep, idxs in group:
+        layer = dep.target.module
+        if graph.get_pruner_of_module(layer) is None or not isinstance(layer, nn.Module):
+            continue
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        width = graph.get_out_channels(layer) if out else graph.get_in_channels(layer)
+        bad = [int(i) for i in idxs if not 0 <= int(i) < width] if width else []
+        if bad:
+            raise RuntimeError(
+                f"Torch-Pruning mapped the group to {'output' if out else 'input'} channel(s) {bad[:3]} of "
+                f"{module_name(graph, layer)}, which has {width}"
+            )
 
 
 def count_and_check(model: nn.Module, example_inputs: object, out_shape: Shapes) -> tuple[float, int]:

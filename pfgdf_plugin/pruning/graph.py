@@ -11,7 +11,9 @@ import torch_pruning as tp
 from pfgdf_plugin._compat.torch_pruning import release_trace, tolerant_index_mapping
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.models.inputs import run_model
+from pfgdf_plugin.models.token_mixing import find_token_mixing
 from pfgdf_plugin.pruning.errors import input_error, timeout_error
+from pfgdf_plugin.pruning.pruners import customized_pruners
 
 
 def build_graph(
@@ -24,7 +26,10 @@ def build_graph(
     start = time.perf_counter()
     try:
         with tolerant_index_mapping():
-            dg = tp.DependencyGraph().build_dependency(work, example_inputs=example_inputs)
+            dg = tp.DependencyGraph().build_dependency(
+                work, example_inputs=example_inputs, customized_pruners=customized_pruners(work),
+                ignored_layers=find_token_mixing(work, example_inputs),
+            )
         forget_autograd_state(work)
         release_trace(dg)
     except Exception as err:

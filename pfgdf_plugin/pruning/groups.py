@@ -31,14 +31,16 @@ from pfgdf_plugin.pruning.mixed import keep_one_per_part, split_parts
 Importance = Callable[[tp.dependency.Group], torch.Tensor | None]
 """A Torch-Pruning importance: one score per channel of a group, or ``None`` for a group it cannot score."""
 
-GROUP_SEARCH_STEPS = 20_000
-"""Torch-Pruning search steps (calls of its group-search hot spots) one group may take before it is left alone.
+GROUP_SEARCH_WORK = 2_000_000
+"""Work Torch-Pruning's search for one group may do before the group is left alone: channel indices mapped
+through splits, concatenations, flattens and slices, plus members compared (`bounded_group_search`).
 
-Limits count work, never time, so the plan is the same on every machine. Measured on ReXNet-100 and
-EfficientViT-M0 at 224: the largest groups that finish take a few hundred steps and hold at most ~70% as many
-members as the graph has nodes (EfficientViT-M0: 672 members, 940 nodes); a runaway search (ReXNet's
-partial-channel residuals, EfficientViT's attention) passes 1,000 members within a few thousand steps and never
-finishes."""
+Limits count work, never time, so the plan is the same on every machine; this one is about 1.5 s of search on
+the machine of the 2026-12 sweep. Measured (2026-12-02): the largest groups that finish, among ViT-B (BEiT),
+DenseNet-121, ConvMixer-768, NaFlexViT-B and EfficientViT-M0, take 0.52 M units (EfficientViT-M0's stage 1)
+and 0.27 M (BEiT's residual stream, 659 members); EfficientViT-M0's runaway attention searches map 80 M indices
+(50 s each) before they pass the member limit. Counting calls instead (the 20,000 steps of version 0.2) let
+each of those run for a minute and hold gigabytes of indices."""
 
 GROUP_MEMBER_FACTOR = 1.0
 """A group holding more members than this many times the graph's nodes is a runaway search: left alone."""
@@ -60,8 +62,8 @@ def enumerate_groups(
 ) -> tuple[list[tp.dependency.Group], dict[str, str]]:
     """Every prunable group rooted at a conv / linear layer, in graph order, like Torch-Pruning's
     ``get_all_groups``, but one root at a time: a root whose group cannot be built, or whose search takes more
-    than `GROUP_SEARCH_STEPS` steps, is left alone and reported (name -> why) instead of failing the model.
-    ``steps``, when given, receives each root's search steps.
+    than `GROUP_SEARCH_WORK` units of work, is left alone and reported (name -> why) instead of failing the model.
+    ``steps``, when given, receives each root's search work.
 
     Raises `GraphTimeoutError` when listing them all takes longer than ``timeout`` seconds (an error, never a
     different plan).
@@ -81,13 +83,13 @@ def enumerate_groups(
         if deadline is not None and time.perf_counter() > deadline:
             raise timeout_error(model, timeout, "listing its groups")
         try:
-            with ordered_split_mapping(), bounded_group_search(GROUP_SEARCH_STEPS, deadline, max_members) as search:
+            with ordered_split_mapping(), bounded_group_search(GROUP_SEARCH_WORK, deadline, max_members) as search:
                 group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
         except DeadlineExceeded:
             raise timeout_error(model, timeout, "listing its groups") from None
         except BudgetExceeded:
-            skipped[module_name(graph, m)] = (f"dependency search ran away (over {GROUP_SEARCH_STEPS:,} steps or "
-                                              f"{max_members:,} members)")
+            skipped[module_name(graph, m)] = (f"dependency search ran away (over {GROUP_SEARCH_WORK:,} units of "
+                                              f"work or {max_members:,} members)")
             continue
         except Exception as err:  # Torch-Pruning's index mapping fails on some splits and reshapes
             skipped[module_name(graph, m)] = f"Torch-Pruning could not build its group ({short_error(err)})"

@@ -128,18 +128,18 @@ def test_report_page_and_json_round_trip(tmp_path):
                                      settings={"jobs": 1, "threads": 1, "timeout": 300.0})
     assert report.success_rate == pytest.approx(1 / 3)
     assert [r.model for r in report.slowest(2)] == ["vgg11", "beit_base_patch16_224"]
-    page = report.to_markdown(tmp_path / "page.md")
+    page = coverage.render_markdown(report, tmp_path / "page.md")
     assert (tmp_path / "page.md").read_text() == page
     assert "Measured on 2026-01-02" in page and "**1 of 3** models pass (**33.3%**; is below the 95% goal)" in page
     assert "timm 1" in page and "6.0 min" in page
     assert "MACs kept 90% \\| > 80%" in page
     table = page[page.index("## Results"):]
     assert table.index("`beit`") < table.index("`resnet`") < table.index("`vgg`")
-    summary = report.summary()
+    summary = coverage.render_summary(report)
     assert summary.startswith("coverage: 1/3 passed") and "timeout   vgg/vgg11" in summary
-    report.to_json(tmp_path / "c.json")
+    coverage.render_json(report, tmp_path / "c.json")
     again = coverage.CoverageReport.from_json(tmp_path / "c.json")
-    assert again.to_markdown() == page and again.rows == coverage.by_family(rows)
+    assert coverage.render_markdown(again) == page and again.rows == coverage.by_family(rows)
 
 
 @pytest.mark.parametrize(
@@ -168,9 +168,9 @@ def test_bad_arguments_exit_with_2(capsys):
 def test_every_module_meets_the_goal(tmp_path):
     """The requirement itself: at least 95% of timm's model modules pass (about an hour or more on 2 cores)."""
     report = coverage.sweep(progress=False)
-    report.to_json(tmp_path / "coverage.json")
+    coverage.render_json(report, tmp_path / "coverage.json")
     assert len(report.rows) == len(timm.list_modules())
-    assert report.success_rate >= coverage.SUCCESS_GOAL, report.summary()
+    assert report.success_rate >= coverage.SUCCESS_GOAL, coverage.render_summary(report)
 
 
 # ------------------------------------------------------------------ groups left alone, before -> after, peak memory
@@ -213,7 +213,7 @@ def _report(rows, date="2026-03-04T05:06:07+00:00", command="pfgdf coverage --al
 
 def test_left_alone_totals_categories_and_peak_memory(tmp_path):
     report = _report(_sweep_rows())
-    page = report.to_markdown(tmp_path / "page.md")
+    page = coverage.render_markdown(report, tmp_path / "page.md")
     section = page[page.index("## Groups left alone"):page.index("## Peak memory")]
     assert "**9** group(s) left alone in **2 of 7** models (5 models pass)" in section
     # Most groups first, ties in the mapping's order; "before" only with a previous sweep.
@@ -242,7 +242,7 @@ def test_left_alone_totals_categories_and_peak_memory(tmp_path):
         "- `m_c` (`fc`): 7.3 GB, fail", "- `m_e` (`fe`): 3.0 GB, ok", "- `m_a` (`fa`): 2.0 GB, ok",
         "- `m_f` (`ff`): 1.5 GB, exempt", "- `m_b` (`fb`): 1.0 GB, ok"]
 
-    summary = json.loads(report.to_json(tmp_path / "c.json"))["summary"]
+    summary = json.loads(coverage.render_json(report, tmp_path / "c.json"))["summary"]
     alone = summary["left_alone"]
     assert (alone["models"], alone["models_passing"], alone["groups"], alone["models_with_any"]) == (7, 5, 9, 2)
     assert alone["per_model"] == {"m_a": 3, "m_b": 6}
@@ -256,9 +256,9 @@ def test_left_alone_totals_categories_and_peak_memory(tmp_path):
     assert [m["model"] for m in summary["largest_memory"]] == ["m_c", "m_e", "m_a", "m_f", "m_b"]
     assert "comparison" not in summary
     assert "left alone: 9 group(s) besides the classifier in 2 of 7 models; largest peak memory 7.3 GB (m_c)" \
-        in report.summary()
+        in coverage.render_summary(report)
     # The page regenerates unchanged from the JSON it wrote.
-    assert coverage.CoverageReport.from_json(tmp_path / "c.json").to_markdown() == page
+    assert coverage.render_markdown(coverage.CoverageReport.from_json(tmp_path / "c.json")) == page
 
 
 def _older_sweep():
@@ -278,8 +278,8 @@ def _older_sweep():
         _row(family="ff", model="m_f", status="exception",
              reason="prune: TargetOutOfReachError: target_macs=0.5 is out of reach: pruning every prunable group ..."),
     ]
-    data = json.loads(_report(rows, date="2025-12-01T00:00:00+00:00", command="pfgdf coverage --all --jobs 2")
-                      .to_json())
+    data = json.loads(coverage.render_json(
+        _report(rows, date="2025-12-01T00:00:00+00:00", command="pfgdf coverage --all --jobs 2")))
     for r in data["rows"]:
         r["from_an_older_version"] = True
     del data["summary"]["left_alone"]
@@ -288,7 +288,7 @@ def _older_sweep():
 
 def test_page_compares_with_a_previous_sweep(tmp_path):
     report, older = _report(_sweep_rows()), _older_sweep()
-    page = report.to_markdown(tmp_path / "page.md", previous=older)
+    page = coverage.render_markdown(report, tmp_path / "page.md", older)
     section = page[page.index("## Compared with the previous sweep"):page.index("## Peak memory")]
     assert "Before: the sweep of 2025-12-01 (`pfgdf coverage --all --jobs 2`), 7 models; after: this one, 7 models" \
         in section
@@ -307,7 +307,7 @@ def test_page_compares_with_a_previous_sweep(tmp_path):
         ["| breaks the model when pruned (trial)", "2", "3"], ["| Torch-Pruning could not build the group", "1", "0"],
         ["| Torch-Pruning's check refused", "1", "5"], ["| other", "1", "0"], ["| **total**", "**9**", "**12**"]]
 
-    compared = json.loads(report.to_json(tmp_path / "c.json", previous=older))["summary"]["comparison"]
+    compared = json.loads(coverage.render_json(report, tmp_path / "c.json", older))["summary"]["comparison"]
     assert compared["previous_date"] == "2025-12-01T00:00:00+00:00"
     assert compared["before"] == {"models": 7, "models_passing": 4, "groups_left_alone": 12, "models_with_any": 3,
                                   "models_out_of_reach": 2}
@@ -332,7 +332,7 @@ def test_page_compares_with_a_previous_sweep(tmp_path):
 def test_previous_must_be_a_report_or_its_json(previous, match, tmp_path):
     report = _report(_sweep_rows())
     with pytest.raises(ValueError, match=match):
-        report.to_markdown(tmp_path / "page.md", previous=previous)
+        coverage.render_markdown(report, tmp_path / "page.md", previous)
     with pytest.raises(ValueError, match=match):
-        report.to_json(tmp_path / "c.json", previous=previous)
+        coverage.render_json(report, tmp_path / "c.json", previous)
     assert not (tmp_path / "page.md").exists() and not (tmp_path / "c.json").exists()

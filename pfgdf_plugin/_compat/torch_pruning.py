@@ -164,10 +164,84 @@ def _ordered_split_mapping(original: Callable[..., None]) -> Callable[..., None]
     return update
 
 
+def split_ops(graph: tp.DependencyGraph) -> list[tuple[list[int], dict]]:
+    """Each traced channel split's current part sizes (``_SplitOp.split_sizes``, which Torch-Pruning updates as it
+    prunes) and its autograd node's ``metadata``."""
+    return [
+        (node.module.split_sizes, getattr(node.grad_fn, "metadata", None) or {})
+        for node in graph.module2node.values()
+        if isinstance(node.module, tp.ops._SplitOp) and node.module.split_sizes is not None
+    ]
+
+
+UNBIND_PARTS = "pfgdf_unbind_parts"
+"""Key of an unbind's autograd-node ``metadata``: how many tensors it returned (noted while tracing by
+`pfgdf_plugin.pruning.mixed.traced_sizes`)."""
+
+CAT_WIDTHS = "pfgdf_cat_widths"
+"""Key of a concatenation's autograd-node ``metadata``: each input's width along the concatenated dimension."""
+
+
+def _filled_concat_mapping(original: Callable[..., None]) -> Callable[..., None]:
+    """``update_concat_index_mapping`` with the input widths noted while tracing where Torch-Pruning cannot infer
+    them or infers widths that do not add up to the output's, when the noted ones do (so the concatenation is
+    over channels). MambaOut: a split part read directly was inferred as wide as the whole split input."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+
+    def update(graph: tp.DependencyGraph, node: object) -> None:
+        notes = getattr(node.grad_fn, "metadata", None) or {}
+        widths = notes.get(CAT_WIDTHS) if node.type == ops.OPTYPE.CONCAT else None
+        if widths and len(widths) == len(node.inputs):
+            sizes = node.module.concat_sizes or [
+                shape_infer.infer_channels_between(graph, n, node) for n in node.inputs
+            ]
+            out = shape_infer.infer_in_channels_recursively(graph, node, recursive_depth=[0])
+            if out is not None and out == sum(widths) and (None in sizes or sum(sizes) != out):
+                node.module.concat_sizes = list(widths)  # after pruning, Torch-Pruning's pruner keeps it current
+        original(graph, node)
+
+    return update
+
+
+def _ordered_unbind_mapping(original: Callable[..., None]) -> Callable[..., None]:
+    """``update_unbind_index_mapping`` with each consumer mapped to the part it reads, out of all the parts."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    def update(graph: tp.DependencyGraph, node: object) -> None:
+        original(graph, node)
+        if node.type != ops.OPTYPE.UNBIND or getattr(node.grad_fn, "_saved_dim", 0) != 0:
+            return
+        parts = (getattr(node.grad_fn, "metadata", None) or {}).get(UNBIND_PARTS)
+        numbers = _split_output_numbers(node)
+        if not parts or numbers is None or max(numbers, default=0) >= parts:
+            return
+        width = None
+        for input_node in node.inputs:
+            width = shape_infer.infer_out_channels_recursively(graph, input_node, [0])
+            if width is not None:
+                break
+        if width is None or width % parts:
+            return
+        offsets = [i * width // parts for i in range(parts + 1)]
+        node.module.offsets = offsets
+        for out_node, nr in zip(node.outputs, numbers, strict=True):
+            for dep in node.dependencies:
+                if dep.target is out_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=False)
+            for dep in out_node.dependencies:
+                if dep.target is node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=True)
+
+    return update
+
+
 @contextlib.contextmanager
 def ordered_split_mapping() -> Iterator[None]:
-    """A block in which Torch-Pruning maps each part of a channel split (``torch.split``, ``chunk``) to the layer
-    that reads that part, at the part's current size.
+    """A block in which Torch-Pruning maps each part of a channel split (``torch.split``, ``chunk``, ``unbind``)
+    to the layer that reads that part, at the part's current size.
 
     Torch-Pruning 1.6 gives a split's i-th part to the i-th consumer in its graph, which is traversal order
     (MixNet's ``MixedConv2d``: part 0 went to the last conv, so pruning a channel removed another part's input
@@ -175,17 +249,24 @@ def ordered_split_mapping() -> Iterator[None]:
     pruning (its ``SplitPruner`` updates ``split_sizes`` but stores the new offsets on itself), so a second group
     through the same split was mapped to stale positions. Here the part is autograd's output number of the
     consumer's input, and the offsets come from ``split_sizes``; a split whose consumers are not one part each is
-    left as Torch-Pruning maps it. ``get_pruning_group`` refreshes every mapping first, so this applies to every
-    group built inside the block.
+    left as Torch-Pruning maps it. An ``unbind`` is cut into as many parts as it returned (noted while tracing),
+    not as many as the graph reaches: with attention scores hidden only v is reached of q, k and v. A
+    concatenation whose input widths Torch-Pruning cannot infer (a part that went through a permute, MambaOut)
+    gets the widths noted while tracing.
+    ``get_pruning_group`` refreshes every mapping first, so this applies to every group built inside the block.
     """
     from torch_pruning.dependency import index_mapping
 
-    saved = index_mapping.update_split_index_mapping
-    index_mapping.update_split_index_mapping = _ordered_split_mapping(saved)
+    names = ("update_split_index_mapping", "update_unbind_index_mapping", "update_concat_index_mapping")
+    saved = [getattr(index_mapping, n) for n in names]
+    wrappers = (_ordered_split_mapping, _ordered_unbind_mapping, _filled_concat_mapping)
+    for name, fn, wrap in zip(names, saved, wrappers, strict=True):
+        setattr(index_mapping, name, wrap(fn))
     try:
         yield
     finally:
-        index_mapping.update_split_index_mapping = saved
+        for name, fn in zip(names, saved, strict=True):
+            setattr(index_mapping, name, fn)
 
 
 class _GradFnRecord:
@@ -197,6 +278,7 @@ class _GradFnRecord:
 
     def __init__(self, grad_fn: object) -> None:
         self._name = grad_fn.name()  # type: ignore[attr-defined]
+        self.metadata = dict(getattr(grad_fn, "metadata", None) or {})
         for attr in dir(grad_fn):
             if not attr.startswith("_saved_"):
                 continue

@@ -63,7 +63,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pfgdf_plugin.studies.coverage import FAST_SUBSET as FAST_CASES
-    from pfgdf_plugin.studies.coverage import CoverageReport, cases_for, sweep
+    from pfgdf_plugin.studies.coverage import (
+        CoverageReport,
+        cases_for,
+        render_json,
+        render_markdown,
+        render_summary,
+        sweep,
+    )
 
     chosen = [n for n, given in (("MODULE", args.modules), ("--all", args.all), ("--fast", args.fast)) if given]
     if len(chosen) > 1:
@@ -83,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     def save(report: CoverageReport) -> None:
         report.settings |= {"command": command, "json_name": OUTPUTS[0]}
-        report.to_json(json_path, previous=previous)
-        report.to_markdown(md_path, previous=previous)
+        render_json(report, json_path, previous)
+        render_markdown(report, md_path, previous)
 
     def partial(_row: CoverageRow, rows: list[CoverageRow]) -> None:
         # Written after every model, so that an interrupted sweep still leaves its results.
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     report = sweep(cases=cases, jobs=args.jobs, timeout=args.timeout, threads=args.threads,
                    memory_limit_gb=args.memory_limit, progress=not args.quiet, on_row=partial)
     save(report)
-    print(report.summary())
+    print(render_summary(report))
     if not args.quiet:
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
@@ -106,7 +113,7 @@ def _previous(path: str | None) -> object:
     import json
 
     from pfgdf_plugin._util import validate
-    from pfgdf_plugin.studies.coverage.report import previous_sweep
+    from pfgdf_plugin.studies.coverage.figures import previous_sweep
 
     source = validate.input_file("--previous", path, (".json",))
     try:

@@ -13,7 +13,7 @@ from pfgdf_plugin.models.inputs import Shapes, describe_shapes, outputs_of
 from pfgdf_plugin.models.layers import sync_linear_sizes
 from pfgdf_plugin.pruning.attention import find_heads, head_dim_changes, update_heads
 from pfgdf_plugin.pruning.errors import short_error
-from pfgdf_plugin.pruning.mixed import find_split_convs, sync_split_sizes
+from pfgdf_plugin.pruning.mixed import find_split_convs, sync_held_split_sizes, sync_split_sizes
 
 
 @dataclass
@@ -68,21 +68,27 @@ def prune_group(graph: tp.DependencyGraph, root: nn.Module, cut: tuple[int, ...]
     check_in_range(graph, pruning_group)
     pruning_group.prune()
     sync_split_sizes(find_split_convs(graph.model))
+    sync_held_split_sizes(graph)
     return True
 
 
 def check_in_range(graph: tp.DependencyGraph, group: tp.dependency.Group) -> None:
-    """Raise ``RuntimeError`` when a member's channel indices fall outside its layer's channels.
+    """Raise ``RuntimeError`` when a member would declare fewer channels than it keeps: output channels of any
+    layer, or input channels of a conv, mapped outside the layer's channels.
 
     Torch-Pruning's mapping through some concatenations (CSP "focus" stems) can send a group to positions a
     layer does not have: its pruner then shrinks the declared ``out_channels`` but keeps every weight row, a
-    model that still runs but is not what the plan says. Raised before anything is pruned.
+    model that still runs but is not what the plan says. (A linear layer's inputs may be reached twice, once out
+    of range, through both halves of a GLU: the in-range positions are the right ones, and `sync_linear_sizes`
+    sets the declared width from the weight.) Raised before anything is pruned.
     """
     for dep, idxs in group:
         layer = dep.target.module
-        if graph.get_pruner_of_module(layer) is None or not isinstance(layer, nn.Module):
+        if not isinstance(layer, nn.Module) or graph.get_pruner_of_module(layer) is None:
             continue
         out = graph.is_out_channel_pruning_fn(dep.handler)
+        if not out and not isinstance(layer, nn.modules.conv._ConvNd):
+            continue
         width = graph.get_out_channels(layer) if out else graph.get_in_channels(layer)
         bad = [int(i) for i in idxs if not 0 <= int(i) < width] if width else []
         if bad:

@@ -13,10 +13,11 @@ prune() treats such a projection's group as equal heads, in one of two units (`H
   ``head_dim`` channels).
 
 The rule, per block and fixed before scoring (so the plan is deterministic): head dimensions when the block's
-forward is known to take ``head_dim`` from its attribute with nothing per dimension in between (timm's own
-``Attention`` without q/k normalisation or gate: a LayerNorm over ``head_dim`` or a rotary embedding would
-compute something else over fewer dimensions) *and* dimensions are the finer unit (``head_dim > num_heads``, as
-in every ViT/DeiT); whole heads otherwise. One unit per block keeps the allocation unchanged: it plans units.
+forward is known to take ``head_dim`` from its attribute (or from the projection's width) with nothing per
+dimension in between (timm's own ``Attention`` and Swin's ``WindowAttention``, without q/k normalisation or
+gate: a LayerNorm over ``head_dim`` or a rotary embedding would compute something else over fewer dimensions)
+*and* dimensions are the finer unit (``head_dim > num_heads``, as in every ViT/DeiT); whole heads otherwise.
+One unit per block keeps the allocation unchanged: it plans units.
 
 `update_heads` rewrites ``num_heads`` or ``head_dim`` (and ``attn_dim`` where the block has one) afterwards.
 The softmax scale must stay what the model was trained with (``original head_dim ** -0.5``), but timm's fused
@@ -52,7 +53,11 @@ _WIDTH_ATTRS = ("attn_dim", "all_head_dim", "inner_dim")
 # lets scaled_dot_product_attention divide by sqrt(head_dim)) and has nothing else per head dimension, so
 # they can lose head dimensions. Matched by exact class, never by name alone: a lookalike may hold rotary or
 # per-dimension parameters.
-_DIM_SAFE = frozenset({("timm.layers.attention", "Attention")})
+_DIM_SAFE = frozenset({
+    ("timm.layers.attention", "Attention"),
+    # reshape(B_, N, 3, num_heads, -1); a relative-position bias per head and token pair, nothing per dimension
+    ("timm.models.swin_transformer", "WindowAttention"),
+})
 # Submodules that, when present and not an identity, act per head dimension (q/k LayerNorm) or per attention
 # channel of the raw input (a gate), so head dimensions cannot go.
 _PER_DIM_PARTS = ("q_norm", "k_norm", "gate")
@@ -106,7 +111,7 @@ def _unit(block: nn.Module, parts: int, heads: int, head_dim: int) -> str:
     cls = type(block)
     if (cls.__module__, cls.__qualname__) not in _DIM_SAFE or parts != 3 or head_dim <= heads:
         return "head"
-    if getattr(block, "head_dim", None) != head_dim or not isinstance(getattr(block, "scale", None), float):
+    if getattr(block, "head_dim", head_dim) != head_dim or not isinstance(getattr(block, "scale", None), float):
         return "head"
     for attr in _PER_DIM_PARTS:
         part = getattr(block, attr, None)
@@ -162,8 +167,8 @@ def update_heads(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Module, 
         if layout.unit == "dim":
             head_dim = _whole(block, out, layout.parts * layout.num_heads,
                               f"heads of equal size ({layout.parts} x {layout.num_heads} heads)")
-            if head_dim != block.head_dim:
-                _rescale_q(layout, block.head_dim, head_dim)
+            if head_dim != getattr(block, "head_dim", layout.head_dim):
+                _rescale_q(layout, getattr(block, "head_dim", layout.head_dim), head_dim)
                 block.head_dim, block.scale = head_dim, head_dim ** -0.5
                 _set_width(block, layout.num_heads * head_dim)
             continue
@@ -186,9 +191,9 @@ def head_dim_changes(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Modu
         []
     """
     return [
-        (layout.block, layout.head_dim, layout.block.head_dim)
+        (layout.block, layout.head_dim, getattr(layout.block, "head_dim", layout.head_dim))
         for layout in layouts.values()
-        if layout.unit == "dim" and layout.block.head_dim != layout.head_dim
+        if layout.unit == "dim" and getattr(layout.block, "head_dim", layout.head_dim) != layout.head_dim
     ]
 
 

@@ -10,9 +10,12 @@ import torch_pruning as tp
 
 from pfgdf_plugin._compat.torch_pruning import release_trace, tolerant_index_mapping
 from pfgdf_plugin._util.modes import eval_mode
+from pfgdf_plugin.models.attention_scores import hidden_scores
+from pfgdf_plugin.models.broadcasts import hidden_broadcasts
 from pfgdf_plugin.models.inputs import run_model
 from pfgdf_plugin.models.token_mixing import find_token_mixing
 from pfgdf_plugin.pruning.errors import input_error, timeout_error
+from pfgdf_plugin.pruning.mixed import traced_sizes
 from pfgdf_plugin.pruning.pruners import customized_pruners
 
 
@@ -25,7 +28,7 @@ def build_graph(
     """
     start = time.perf_counter()
     try:
-        with tolerant_index_mapping():
+        with tolerant_index_mapping(), hidden_scores(), hidden_broadcasts(), traced_sizes(work):
             dg = tp.DependencyGraph().build_dependency(
                 work, example_inputs=example_inputs, customized_pruners=customized_pruners(work),
                 ignored_layers=find_token_mixing(work, example_inputs),

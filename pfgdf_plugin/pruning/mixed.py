@@ -6,12 +6,126 @@ the part convs correctly, but ``splits`` is plain bookkeeping it cannot see: lef
 asks for the old sizes and fails. And a part whose every channel is pruned leaves a conv with no channels.
 This module finds such modules, keeps their ``splits`` in step with their convs, and names, for each part conv,
 the channels it holds so a plan can keep at least one of them.
+
+Other blocks split by sizes held in an attribute and do anything with the parts (MambaOut's gated block,
+``torch.split(x, self.split_indices, -1)``; InceptionNeXt's token mixer): `traced_sizes` notes, while the
+model is traced, which attribute each split read, and `sync_held_split_sizes` writes the part sizes
+Torch-Pruning keeps for that split back into it. It also notes the sizes the trace loses that Torch-Pruning's
+index mapping needs (`pfgdf_plugin._compat.torch_pruning.ordered_split_mapping`): how many tensors an
+``unbind`` returned and each concatenated tensor's width.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
+from torch.overrides import TorchFunctionMode
+
+from pfgdf_plugin._compat.torch_pruning import CAT_WIDTHS, UNBIND_PARTS, split_ops
+
+HELD_SIZES = "pfgdf_held_split_sizes"
+"""Key of a split's autograd-node ``metadata``: ``(module, attribute name)`` holding its part sizes, or
+``(module, (one attribute name per part))``."""
+
+_SPLITS = {torch.split, torch.Tensor.split, torch.Tensor.split_with_sizes}
+_UNBINDS = {torch.unbind, torch.Tensor.unbind}
+_CATS = {torch.cat, torch.concat, torch.concatenate}
+
+
+class traced_sizes(TorchFunctionMode):  # lower case: used like a function, `with traced_sizes(model):`
+    """A block in which, in its autograd node's ``metadata``, every ``torch.split`` by a list or tuple that is
+    an attribute of the module running it notes ``(module, attribute)``, every ``unbind`` how many tensors it
+    returned, and every ``torch.cat`` its inputs' widths along the concatenated dimension.
+
+    Examples:
+        >>> class Gated(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc, self.sizes = nn.Linear(4, 6), (4, 2)
+        ...     def forward(self, x):
+        ...         a, b = torch.split(self.fc(x), self.sizes, dim=-1)
+        ...         return a.sum(-1) + b.sum(-1)
+        >>> net = Gated()
+        >>> with traced_sizes(net):
+        ...     out = net(torch.randn(1, 4))
+        >>> out.grad_fn.next_functions[0][0].next_functions[0][0].metadata[HELD_SIZES] == (net, "sizes")
+        True
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.running, self._hooks = model, [], []
+
+    def __enter__(self) -> traced_sizes:
+        def enter(module: nn.Module, _inp: object) -> None:
+            self.running.append(module)
+
+        def leave(_module: nn.Module, _inp: object, _out: object) -> None:
+            self.running.pop()  # a hook returns None: its output stays the module's
+
+        for m in self.model.modules():
+            self._hooks.append(m.register_forward_pre_hook(enter))
+            self._hooks.append(m.register_forward_hook(leave))
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func: object, types: object, args: tuple = (), kwargs: dict | None = None) -> object:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        node = getattr(out[0] if isinstance(out, tuple | list) and out else out, "grad_fn", None)
+        if node is None:
+            return out
+        if func in _UNBINDS:
+            node.metadata[UNBIND_PARTS] = len(out)
+            return out
+        if func in _CATS and args and isinstance(args[0], tuple | list):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            node.metadata[CAT_WIDTHS] = [int(t.shape[dim]) for t in args[0]]
+            return out
+        sizes = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_sizes"))
+        if func in _SPLITS and isinstance(sizes, list | tuple) and self.running and isinstance(out, tuple | list):
+            holder = self.running[-1]
+            name = next((n for n, v in vars(holder).items() if v is sizes), None) or _int_attributes(holder, sizes)
+            if name is not None:
+                node.metadata[HELD_SIZES] = (holder, name)
+        return out
+
+
+def _int_attributes(module: nn.Module, sizes: list | tuple) -> tuple[str, ...] | None:
+    """The attributes a list built in ``forward`` was made of (FasterNet's ``[self.dim_conv3, self.dim_untouched]``):
+    for each size, the one integer attribute equal to it; ``None`` unless every size has exactly one, all different."""
+    ints = {n: v for n, v in vars(module).items() if isinstance(v, int) and not isinstance(v, bool)}
+    names = []
+    for size in sizes:
+        found = [n for n, v in ints.items() if v == size]
+        if len(found) != 1 or found[0] in names:
+            return None
+        names.append(found[0])
+    return tuple(names)
+
+
+def sync_held_split_sizes(graph: tp.DependencyGraph) -> None:
+    """Write each traced split's current part sizes into the attribute its module reads them from (as a tuple or
+    a list, like the attribute was), or into the integer attributes it builds the list from; splits
+    `traced_sizes` noted nothing for are left alone."""
+    for sizes, metadata in split_ops(graph):
+        held = metadata.get(HELD_SIZES)
+        if held is None:
+            continue
+        module, name = held
+        if isinstance(name, tuple):
+            for attr, size in zip(name, sizes, strict=True):
+                setattr(module, attr, int(size))
+            continue
+        old = getattr(module, name)
+        if [int(s) for s in sizes] != list(old):
+            setattr(module, name, type(old)(int(s) for s in sizes))
 
 
 def find_split_convs(model: nn.Module) -> dict[nn.Module, list[nn.Conv2d]]:

@@ -16,9 +16,9 @@ costs one row, never the sweep. Statuses: ``ok`` and ``exempt`` pass; ``fail`` (
 not met), ``exception`` (a stage raised, or the process died) and ``timeout`` do not.
 
 Modules: `cases` (what is checked, variant choice), `checks` and `plan` (one model, in process), `runner`
-(child processes, limits, `sweep`), `report` (results and their JSON / Markdown), `child` (the child process's
-entry point), `protocol` (the lines between child and runner). Command line: ``pfgdf coverage``
-(`pfgdf_plugin.cli.coverage`).
+(child processes, limits, `sweep`), `result` (the results), `figures` (figures over the results), `report` (their
+summary, JSON and Markdown), `child` (the child process's entry point), `protocol` (the lines between child and
+runner). Command line: ``pfgdf coverage`` (`pfgdf_plugin.cli.coverage`).
 """
 
 # `child` is left out on purpose: it runs as ``python -m``, and importing it here would import it twice.
@@ -42,17 +42,8 @@ from pfgdf_plugin.studies.coverage.cases import (
 )
 from pfgdf_plugin.studies.coverage.checks import check_in_process
 from pfgdf_plugin.studies.coverage.plan import plan_problems
-from pfgdf_plugin.studies.coverage.report import (
-    PASSING,
-    STATUSES,
-    SUCCESS_GOAL,
-    CoverageReport,
-    CoverageRow,
-    by_family,
-    render_json,
-    render_markdown,
-    render_summary,
-)
+from pfgdf_plugin.studies.coverage.report import render_json, render_markdown, render_summary
+from pfgdf_plugin.studies.coverage.result import PASSING, STATUSES, SUCCESS_GOAL, CoverageReport, CoverageRow, by_family
 from pfgdf_plugin.studies.coverage.runner import check_model, sweep
 
 __all__ = [

@@ -28,7 +28,7 @@ from pfgdf_plugin.studies.coverage.cases import (
 )
 from pfgdf_plugin.studies.coverage.plan import plan_problems
 from pfgdf_plugin.studies.coverage.protocol import first_line, mark
-from pfgdf_plugin.studies.coverage.report import CoverageRow
+from pfgdf_plugin.studies.coverage.result import CoverageRow
 
 
 def check_in_process(case: Case, *, target_macs: float = TARGET_MACS) -> CoverageRow:

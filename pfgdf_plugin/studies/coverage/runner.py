@@ -31,7 +31,7 @@ from pfgdf_plugin.studies.coverage.cases import (
     module_of,
 )
 from pfgdf_plugin.studies.coverage.protocol import MARK_PREFIX, ROW_PREFIX, last_marks
-from pfgdf_plugin.studies.coverage.report import CoverageReport, CoverageRow, by_family
+from pfgdf_plugin.studies.coverage.result import CoverageReport, CoverageRow, by_family
 
 # The child's entry point; run by name, so that this module never imports it.
 CHILD_MODULE = "pfgdf_plugin.studies.coverage.child"

@@ -74,6 +74,19 @@ def test_a_missed_target_names_the_nearest_plans():
     assert result.extra["target_met"] is False
 
 
+def test_a_missed_target_names_only_measured_plans(monkeypatch):
+    from pfgdf_plugin.pruning.search import PlanSearch
+
+    # Every plan measures 70% (as when overlapping groups undo the predicted cut): none is below the target,
+    # so the warning must not quote the predicted floor as a measured plan.
+    monkeypatch.setattr(PlanSearch, "kept", lambda self, applied, kind: 0.7)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 2, 1))
+    with pytest.warns(UserWarning, match=r"no plan measured keeps less than 70\.0% \(") as caught:
+        prune(net, torch.randn(1, 3, 16, 16), target_macs=0.5)
+    assert not any("nearest plans" in str(w.message) for w in caught)
+
+
 def test_bench_threads_are_bounded_and_an_oversubscribed_count_is_said(tmp_path, capsys):
     from pfgdf_plugin._util.threads import available_cpus
     from pfgdf_plugin.cli import main

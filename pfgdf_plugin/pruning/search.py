@@ -197,11 +197,14 @@ class PlanSearch:
         self.model = best_model
         if abs(measured - keep) > TARGET_TOLERANCE:
             above = min((m for _, m in points if m > keep), default=1.0)
-            below = max((m for _, m in points if m <= keep), default=self.floor)
+            below = [m for _, m in points if m <= keep]
+            # Only measured plans are named: the predicted floor is not a measurement (and can be off).
+            nearest = (f"the nearest plans measured keep {max(below):.1%} and {above:.1%}" if below
+                       else f"no plan measured keeps less than {above:.1%}")
             warnings.warn(
                 f"prune(): measured {kind} kept {measured:.1%} misses target {keep:.1%} by more than "
-                f"{TARGET_TOLERANCE:.0%}: the nearest plans measured keep {below:.1%} and {above:.1%} (whole channels "
-                "are coarse steps in small layers, and overlapping groups cut some channels twice)",
+                f"{TARGET_TOLERANCE:.0%}: {nearest} (whole channels are coarse steps in small layers, and "
+                "overlapping groups cut some channels twice)",
                 stacklevel=3,
             )
 

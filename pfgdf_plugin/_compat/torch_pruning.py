@@ -139,10 +139,23 @@ def _split_output_numbers(split_node: object) -> list[int] | None:
     return numbers
 
 
+def _map_parts(node: object, numbers: list[int], offsets: list[int]) -> None:
+    """Map each consumer of a split-like node (output number ``numbers[i]`` for ``node.outputs[i]``) to its part
+    ``offsets[nr : nr + 2]``, in both directions."""
+    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    for out_node, nr in zip(node.outputs, numbers, strict=True):
+        for dep in node.dependencies:
+            if dep.target is out_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
+                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=False)
+        for dep in out_node.dependencies:
+            if dep.target is node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
+                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=True)
+
+
 def _ordered_split_mapping(original: Callable[..., None]) -> Callable[..., None]:
     """``update_split_index_mapping`` with each consumer mapped to the part it reads, at the current part sizes."""
     from torch_pruning import ops
-    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 
     def update(graph: tp.DependencyGraph, split_node: object) -> None:
         original(graph, split_node)
@@ -153,13 +166,7 @@ def _ordered_split_mapping(original: Callable[..., None]) -> Callable[..., None]
         offsets = [0]
         for size in sizes:
             offsets.append(offsets[-1] + size)
-        for out_node, nr in zip(split_node.outputs, numbers, strict=True):
-            for dep in split_node.dependencies:
-                if dep.target is out_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=False)
-            for dep in out_node.dependencies:
-                if dep.target is split_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=True)
+        _map_parts(split_node, numbers, offsets)
 
     return update
 
@@ -208,7 +215,6 @@ def _ordered_unbind_mapping(original: Callable[..., None]) -> Callable[..., None
     """``update_unbind_index_mapping`` with each consumer mapped to the part it reads, out of all the parts."""
     from torch_pruning import ops
     from torch_pruning.dependency import shape_infer
-    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 
     def update(graph: tp.DependencyGraph, node: object) -> None:
         original(graph, node)
@@ -227,13 +233,7 @@ def _ordered_unbind_mapping(original: Callable[..., None]) -> Callable[..., None
             return
         offsets = [i * width // parts for i in range(parts + 1)]
         node.module.offsets = offsets
-        for out_node, nr in zip(node.outputs, numbers, strict=True):
-            for dep in node.dependencies:
-                if dep.target is out_node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=False)
-            for dep in out_node.dependencies:
-                if dep.target is node and isinstance(dep.index_mapping[0], _SplitIndexMapping):
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[nr: nr + 2], reverse=True)
+        _map_parts(node, numbers, offsets)
 
     return update
 

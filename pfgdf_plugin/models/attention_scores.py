@@ -84,7 +84,8 @@ class hidden_scores(TorchFunctionMode):  # lower case: used like a function, `wi
             out = func(*args, **kwargs)
             if (
                 isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.requires_grad and b.requires_grad
-                and a.dim() >= 3 and b.dim() >= 3 and _projection(a) is not None and _projection(a) is _projection(b)
+                and a.dim() >= 3 and b.dim() >= 3 and (source := _projection(a)) is not None
+                and source is _projection(b)
             ):
                 self.scores[id(out)] = out
             return out

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-_CONV_OR_LINEAR = (nn.modules.conv._ConvNd, nn.Linear)
+from pfgdf_plugin.models.layers import WEIGHTED_TYPES, channel_count, is_depthwise
 
 
 def extra_channel_parameters(layer: nn.Module) -> list[str]:
@@ -26,63 +26,48 @@ def extra_channel_parameters(layer: nn.Module) -> list[str]:
         >>> extra_channel_parameters(ScaledStdConv2d(8, 16, 3)), extra_channel_parameters(nn.Conv2d(8, 16, 3))
         (['gain'], [])
     """
-    if not isinstance(layer, _CONV_OR_LINEAR):
+    if not isinstance(layer, WEIGHTED_TYPES):
         return []
-    width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    width = channel_count(layer, "out")
     return [
         name for name, p in layer.named_parameters(recurse=False)
         if name not in ("weight", "bias") and p.dim() >= 1 and p.shape[0] == width
     ]
 
 
-def _keep(n: int, idxs: Sequence[int]) -> list[int]:
-    drop = set(int(i) for i in idxs)
-    return [i for i in range(n) if i not in drop]
-
-
-def _slice_extra(layer: nn.Module, names: list[str], keep: list[int]) -> None:
+def _slice_extra(layer: nn.Module, names: list[str], idxs: Sequence[int], width: int) -> None:
+    """Drop entries ``idxs`` (out of ``width``) from each named parameter's first dimension."""
+    drop = {int(i) for i in idxs}
+    keep = torch.tensor([i for i in range(width) if i not in drop])
     for name in names:
         old = getattr(layer, name)
-        kept = nn.Parameter(old.data.index_select(0, torch.tensor(keep, device=old.device)),
-                            requires_grad=old.requires_grad)
-        setattr(layer, name, kept)
+        setattr(layer, name, nn.Parameter(old.data.index_select(0, keep.to(old.device)),
+                                          requires_grad=old.requires_grad))
 
 
-class ExtraParamConvPruner(tp.pruner.function.ConvPruner):
-    """Torch-Pruning's conv pruner, also slicing the layer's `extra_channel_parameters` on output pruning."""
+class _ExtraParams:
+    """Mixed into a Torch-Pruning pruner: output pruning also slices `extra_channel_parameters`."""
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        names, keep = extra_channel_parameters(layer), _keep(layer.out_channels, idxs)
-        layer = super().prune_out_channels(layer, idxs)
-        _slice_extra(layer, names, keep)
+        names, width = extra_channel_parameters(layer), channel_count(layer, "out")
+        layer = super().prune_out_channels(layer, idxs)  # type: ignore[misc]
+        _slice_extra(layer, names, idxs, width)
         return layer
 
 
-class ExtraParamDepthwisePruner(tp.pruner.function.DepthwiseConvPruner):
+class ExtraParamConvPruner(_ExtraParams, tp.pruner.function.ConvPruner):
+    """Torch-Pruning's conv pruner, also slicing the layer's `extra_channel_parameters` on output pruning."""
+
+
+class ExtraParamDepthwisePruner(_ExtraParams, tp.pruner.function.DepthwiseConvPruner):
     """Torch-Pruning's depthwise conv pruner (input and output channels are one), also slicing the layer's
     `extra_channel_parameters`."""
 
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        names, keep = extra_channel_parameters(layer), _keep(layer.out_channels, idxs)
-        layer = super().prune_out_channels(layer, idxs)
-        _slice_extra(layer, names, keep)
-        return layer
-
-    prune_in_channels = prune_out_channels
+    prune_in_channels = _ExtraParams.prune_out_channels
 
 
-class ExtraParamLinearPruner(tp.pruner.function.LinearPruner):
+class ExtraParamLinearPruner(_ExtraParams, tp.pruner.function.LinearPruner):
     """Torch-Pruning's linear pruner, also slicing the layer's `extra_channel_parameters` on output pruning."""
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        names, keep = extra_channel_parameters(layer), _keep(layer.out_features, idxs)
-        layer = super().prune_out_channels(layer, idxs)
-        _slice_extra(layer, names, keep)
-        return layer
-
-
-def _is_depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == layer.out_channels > 1
 
 
 def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.BasePruningFunc]:
@@ -105,7 +90,7 @@ def customized_pruners(model: nn.Module) -> dict[type, tp.pruner.BasePruningFunc
     kinds: dict[type, set[str]] = {}
     for m in model.modules():
         if extra_channel_parameters(m):
-            kind = "linear" if isinstance(m, nn.Linear) else "depthwise" if _is_depthwise(m) else "conv"
+            kind = "linear" if isinstance(m, nn.Linear) else "depthwise" if is_depthwise(m) else "conv"
             kinds.setdefault(type(m), set()).add(kind)
     pruners = {"conv": ExtraParamConvPruner, "depthwise": ExtraParamDepthwisePruner, "linear": ExtraParamLinearPruner}
     return {t: pruners[next(iter(k))]() for t, k in kinds.items() if len(k) == 1}

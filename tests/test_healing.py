@@ -165,21 +165,55 @@ def test_cli_ignore_names_layers_and_rejects_unknown_ones(tmp_path, capsys):
 
 
 def test_runaway_group_search_is_left_alone_and_the_rest_is_pruned():
-    # ReXNet's partial-channel residuals make Torch-Pruning's group search run away from some roots.
+    # SHViT's single-head attention (a conv qkv split into q, k, v over the whole feature map) makes the group
+    # search of its qkv convolutions run away even visiting each (channel, root channel) pair once.
     torch.manual_seed(0)
-    model = timm.create_model("rexnet_100", num_classes=10).eval()
+    model = timm.create_model("shvit_s1", num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     result = prune(model, x, target_macs=0.5)
     runaway = [name for name, why in result.ignored.items()
                if f"dependency search ran away (over {GROUP_SEARCH_WORK:,} units of work" in why]
-    assert runaway and all(name.endswith("conv_pwl.conv") for name in runaway)
+    assert runaway and all(name.endswith("mixer.m.qkv.c") for name in runaway)
     assert abs(result.macs_kept - 0.5) <= 0.01 and result.model(x).shape == (1, 10)
+
+
+def test_covering_search_finds_the_groups_torch_pruning_finds_and_the_ones_it_ran_away_from(monkeypatch):
+    """ReXNet's partial-channel residuals sent Torch-Pruning's own search round in circles (the same channels
+    in another order): with `covering_search` every group is found, and each group Torch-Pruning's search does
+    finish holds exactly the same (channel, root channel) pairs per member."""
+    from pfgdf_plugin.pruning import groups as groups_module
+    from pfgdf_plugin.pruning.graph import build_graph
+
+    torch.manual_seed(0)
+    model = timm.create_model("rexnet_100", num_classes=10).eval()
+    graph = build_graph(model, torch.randn(1, 3, 64, 64), original=model, timeout=None)
+
+    def listed():
+        found, skipped = groups_module.enumerate_groups(graph, [], model=model, timeout=None)
+        return {groups_module.module_name(graph, g[0].dep.target.module): _pairs(g) for g in found}, skipped
+
+    covered, covered_skipped = listed()
+    monkeypatch.setattr(groups_module, "group_search", compat.ordered_split_mapping)
+    plain, plain_skipped = listed()
+    assert not covered_skipped
+    assert plain_skipped and all("ran away" in why for why in plain_skipped.values())
+    members = {name.split(" (")[0] for pairs in covered.values() for name, handler, _ in pairs
+               if handler.endswith("out_channels")}
+    assert set(plain_skipped) <= members  # a root it ran away from is now in a group (its own or an earlier one)
+    both = set(plain) & set(covered)  # a root of plain's may be in a group plain ran away from
+    assert len(both) >= len(covered) - len(plain_skipped)
+    assert {root: covered[root] for root in both} == {root: plain[root] for root in both}
+
+
+def _pairs(group):
+    return sorted((str(it.dep.target.name), it.dep.handler.__name__,
+                   tuple(sorted(zip(it.idxs, it.root_idxs, strict=True)))) for it in group)
 
 
 def test_the_plan_is_the_same_on_a_much_slower_machine(monkeypatch):
     """Every step of Torch-Pruning's group search slowed down: the same groups are left alone, the same plan."""
     torch.manual_seed(0)
-    model = timm.create_model("rexnet_100", num_classes=10).eval()
+    model = timm.create_model("shvit_s1", num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
     fast = prune(model, x, target_macs=0.5)
     for owner, name, *_ in compat.search_hot_spots():

@@ -253,3 +253,20 @@ def test_split_sizes_built_from_integer_attributes_follow_the_pruned_parts(tmp_p
     shrunk = [a.dim_conv3 + a.dim_untouched < b.dim_conv3 + b.dim_untouched for a, b in zip(after, before, strict=True)]
     assert sum(shrunk) >= 4
     assert export_onnx(result.model, tmp_path / "faster.onnx", (3, 64, 64)).parity.passed
+
+
+def test_sknet_attention_over_two_paths_prunes_and_every_layer_declares_what_it_holds():
+    # SKNet's attention selects between two paths with reshape(B, 2, C): Torch-Pruning reaches each path channel
+    # from two root channels. Merged once, the group prunes; counted twice, the pruners made paths.0.conv declare
+    # 32 outputs while holding 38 (the 2026-12-02 sweep).
+    from pfgdf_plugin.studies.coverage.plan import _tensor_mismatch
+
+    torch.manual_seed(0)
+    net = timm.create_model("skresnet18", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = prune(net, x, target_macs=0.5)
+    assert not any("select" in name for name in result.ignored), result.ignored
+    assert result.model.layer1[0].conv1.paths[0].conv.out_channels < 64
+    mismatched = {n: why for n, m in result.model.named_modules() if (why := _tensor_mismatch(m))}
+    assert mismatched == {}
+    assert abs(result.macs_kept - 0.5) <= 0.01 and result.model(x).shape == (1, 10)

@@ -36,7 +36,8 @@ def is_counted(module: nn.Module) -> bool:
 def search_hot_spots() -> list[tuple]:
     """Methods Torch-Pruning's group search calls on every step, with the work each call does: where a runaway
     search is stopped. An index mapping's work is the number of channel indices it maps (a flatten or a split
-    of a wide tensor maps tens of thousands per call); the duplicate check's is the group's size."""
+    of a wide tensor maps tens of thousands per call), and so is a duplicate check's (`covering_search` looks each
+    index up once); adding a member counts one."""
     from torch_pruning.dependency import group, index_mapping
 
     def indices(mapping: object, idxs: list, *_args: object, **_kwargs: object) -> int:
@@ -44,10 +45,10 @@ def search_hot_spots() -> list[tuple]:
         widen = 1 if getattr(mapping, "reverse", True) else getattr(mapping, "_stride", 1)
         return len(idxs) * widen
 
-    def members(group_: object, *_args: object, **_kwargs: object) -> int:
-        return len(group_._group)  # type: ignore[attr-defined]
+    def checked(_group: object, dep: object = None, idxs: list = (), **_kwargs: object) -> int:
+        return len(idxs)  # keyword names as Torch-Pruning calls them
 
-    spots: list[tuple] = [(group.Group, "has_pruning_op", members), (group.Group, "add_dep")]
+    spots: list[tuple] = [(group.Group, "has_pruning_op", checked), (group.Group, "add_dep")]
     for name in ("_FlattenIndexMapping", "_ConcatIndexMapping", "_SplitIndexMapping", "_SliceIndexMapping"):
         if hasattr(index_mapping, name):
             spots.append((getattr(index_mapping, name), "__call__", indices))
@@ -80,6 +81,74 @@ class _GroupTooLarge:
 
         group.Group.add_dep = self._original
         return False
+
+
+@contextlib.contextmanager
+def covering_search() -> Iterator[None]:
+    """A block in which Torch-Pruning's group search visits each (channel, root channel) pair of a member once.
+
+    Torch-Pruning 1.6 skips a dependency only when the group already holds it with the *same list* of indices.
+    Around a cycle (a residual stream through a flatten, split or concatenation) the same channels come back in
+    another order or as another subset, so the search goes round again and again: EfficientViT-B0's,
+    InceptionNeXt's and ResNeSt's groups ran for minutes before being left alone. Here a dependency is skipped
+    when the group already holds all of its (index, root index) pairs, and a newly mapped index list keeps only
+    the pairs the group does not hold yet, so only those travel on. Every index mapping maps each pair on its own,
+    so the group reaches exactly the pairs Torch-Pruning's search would reach, in the same order, wherever that
+    search ends; merged, each member channel keeps the first root channel it was reached from, as Torch-Pruning's
+    ``add_and_merge`` keeps. (Keyed by channel alone it would be faster still, but a channel reached first from
+    the wrong root along a spurious path, q of a fused qkv, would then shadow the right one, v.)
+    """
+    from torch_pruning.dependency import group
+
+    saved_add, saved_has = group.Group.add_dep, group.Group.has_pruning_op
+    # Ids of the index lists some group holds: such a list is shared (a member's, passed on unmapped, or the
+    # search's, passed to the merged group) and never edited; any other list was just made by a mapping.
+    held_lists: set[int] = set()
+
+    def held_of(group_: object, dep: object) -> set:
+        # Per group, per (member, handler): the (index, root index) pairs it holds.
+        held = vars(group_).setdefault("_pfgdf_held", {})
+        return held.setdefault((dep.target, dep.handler), set())  # type: ignore[attr-defined]
+
+    def add_dep(self_: object, dep: object, idxs: list) -> object:
+        held = held_of(self_, dep)
+        if id(idxs) in held_lists:
+            held.update(idxs)
+        else:
+            fresh = []
+            for i in idxs:
+                if i not in held:
+                    held.add(i)
+                    fresh.append(i)
+            idxs[:] = fresh
+        held_lists.add(id(idxs))
+        return saved_add(self_, dep, idxs)
+
+    def has_pruning_op(self_: object, dep: object, idxs: list) -> bool:
+        return held_of(self_, dep).issuperset(idxs)
+
+    def add_and_merge(self_: object, dep: object, idxs: list) -> None:
+        # Torch-Pruning keeps one root per channel when it merges a member's lists, but takes the first list as
+        # it is; the first list here may hold a channel twice (two roots), which its pruners would count twice.
+        seen: set[int] = set()
+        saved_merge(self_, dep, [i for i in idxs if not (i.idx in seen or seen.add(i.idx))])
+
+    saved_merge = group.Group.add_and_merge
+    group.Group.add_dep, group.Group.has_pruning_op = add_dep, has_pruning_op
+    group.Group.add_and_merge = add_and_merge
+    try:
+        yield
+    finally:
+        group.Group.add_dep, group.Group.has_pruning_op = saved_add, saved_has
+        group.Group.add_and_merge = saved_merge
+
+
+@contextlib.contextmanager
+def group_search() -> Iterator[None]:
+    """The block every group is built in: splits mapped part by part (`ordered_split_mapping`) and each
+    (member, channel) pair visited once (`covering_search`)."""
+    with ordered_split_mapping(), covering_search():
+        yield
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from pfgdf_plugin.models.head_dim_forwards import adopt_marked
 from pfgdf_plugin.models.layers import sync_linear_sizes
 from pfgdf_plugin.models.zoo import ZOO
 
@@ -115,6 +116,7 @@ def rebuild(
                 value = tuple(value)
             if current != value and not callable(current):
                 setattr(module, key, value)
+    adopt_marked(unpruned)
     expected = set(tensors_of(unpruned))
     if expected != set(tensors):
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 import torch_pruning as tp
 
-from pfgdf_plugin._compat.torch_pruning import module_name, ordered_split_mapping
+from pfgdf_plugin._compat.torch_pruning import group_search, module_name
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.models.inputs import Shapes, describe_shapes, outputs_of
 from pfgdf_plugin.models.layers import sync_linear_sizes
@@ -61,7 +61,7 @@ def prune_group(graph: tp.DependencyGraph, root: nn.Module, cut: tuple[int, ...]
     ``splits`` (bookkeeping Torch-Pruning cannot see) follow their pruned part convs, so the model runs after
     every group, as healing's trials need.
     """
-    with ordered_split_mapping():
+    with group_search():
         pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(cut))
     if not graph.check_pruning_group(pruning_group):
         return False
@@ -80,7 +80,9 @@ def check_in_range(graph: tp.DependencyGraph, group: tp.dependency.Group) -> Non
     layer does not have: its pruner then shrinks the declared ``out_channels`` but keeps every weight row, a
     model that still runs but is not what the plan says. (A linear layer's inputs may be reached twice, once out
     of range, through both halves of a GLU: the in-range positions are the right ones, and `sync_linear_sizes`
-    sets the declared width from the weight.) Raised before anything is pruned.
+    sets the declared width from the weight.) A layer's output channel reached from two root channels (SKNet's
+    attention over its two paths, ``reshape(B, 2, C)``) would be counted twice by the pruner, which then declares
+    fewer channels than it keeps: raised too. Raised before anything is pruned.
     """
     for dep, idxs in group:
         layer = dep.target.module
@@ -95,6 +97,12 @@ def check_in_range(graph: tp.DependencyGraph, group: tp.dependency.Group) -> Non
             raise RuntimeError(
                 f"Torch-Pruning mapped the group to {'output' if out else 'input'} channel(s) {bad[:3]} of "
                 f"{module_name(graph, layer)}, which has {width}"
+            )
+        if out and any(True for _ in layer.parameters(recurse=False)) and len(set(map(int, idxs))) < len(idxs):
+            twice = sorted({int(i) for i in idxs if list(idxs).count(i) > 1})
+            raise RuntimeError(
+                f"Torch-Pruning mapped the group to output channel(s) {twice[:3]} of {module_name(graph, layer)} "
+                "from more than one root channel"
             )
 
 

@@ -14,8 +14,9 @@ prune() treats such a projection's group as equal heads, in one of two units (`H
 
 The rule, per block and fixed before scoring (so the plan is deterministic): head dimensions when the block's
 forward is known to take ``head_dim`` from its attribute (or from the projection's width) with nothing per
-dimension in between (timm's own ``Attention`` and Swin's ``WindowAttention``, without q/k normalisation or
-gate: a LayerNorm over ``head_dim`` or a rotary embedding would compute something else over fewer dimensions)
+dimension in between (timm's own ``Attention``, Swin's ``WindowAttention``, and the blocks that
+`pfgdf_plugin.models.head_dim_forwards` re-expresses; without q/k normalisation or gate: a LayerNorm over
+``head_dim`` or a rotary embedding would compute something else over fewer dimensions)
 *and* dimensions are the finer unit (``head_dim > num_heads``, as in every ViT/DeiT); whole heads otherwise.
 One unit per block keeps the allocation unchanged: it plans units.
 
@@ -45,6 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pfgdf_plugin.models.head_dim_forwards import adopt_head_dim_forward, has_head_dim_forward
+
 # Fused projections by attribute name, with how many tensors (q, k, v) each holds per head.
 _FUSED = {"qkv": 3, "kv": 2}
 # Attributes holding the total attention width (heads x head_dim) that some blocks keep next to num_heads.
@@ -58,6 +61,8 @@ _DIM_SAFE = frozenset({
     # reshape(B_, N, 3, num_heads, -1); a relative-position bias per head and token pair, nothing per dimension
     ("timm.models.swin_transformer", "WindowAttention"),
 })
+# Blocks that reshape with the input width (C // num_heads) are dim-safe too once given a forward that reads
+# head_dim (`pfgdf_plugin.models.head_dim_forwards`), which `update_heads` does when their head_dim shrinks.
 # Submodules that, when present and not an identity, act per head dimension (q/k LayerNorm) or per attention
 # channel of the raw input (a gate), so head dimensions cannot go.
 _PER_DIM_PARTS = ("q_norm", "k_norm", "gate")
@@ -109,7 +114,8 @@ def _out_channels(layer: nn.Module) -> int | None:
 def _unit(block: nn.Module, parts: int, heads: int, head_dim: int) -> str:
     """The documented rule: head dimensions where the block allows them and they are the finer unit."""
     cls = type(block)
-    if (cls.__module__, cls.__qualname__) not in _DIM_SAFE or parts != 3 or head_dim <= heads:
+    known = (cls.__module__, cls.__qualname__) in _DIM_SAFE or has_head_dim_forward(block)
+    if not known or parts != 3 or head_dim <= heads:
         return "head"
     if getattr(block, "head_dim", head_dim) != head_dim or not isinstance(getattr(block, "scale", None), float):
         return "head"
@@ -171,6 +177,7 @@ def update_heads(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Module, 
                 _rescale_q(layout, getattr(block, "head_dim", layout.head_dim), head_dim)
                 block.head_dim, block.scale = head_dim, head_dim ** -0.5
                 _set_width(block, layout.num_heads * head_dim)
+                adopt_head_dim_forward(block)  # a no-op for blocks that read head_dim already
             continue
         per_head = layout.parts * layout.head_dim
         heads = _whole(block, out, per_head, f"heads of {per_head} ({layout.parts} x head_dim {layout.head_dim})")

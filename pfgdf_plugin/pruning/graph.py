@@ -12,6 +12,7 @@ from pfgdf_plugin._compat.torch_pruning import release_trace, tolerant_index_map
 from pfgdf_plugin._util.modes import eval_mode
 from pfgdf_plugin.models.attention_scores import hidden_scores
 from pfgdf_plugin.models.broadcasts import hidden_broadcasts
+from pfgdf_plugin.models.head_dim_forwards import adopt_head_dim_forwards
 from pfgdf_plugin.models.inputs import run_model
 from pfgdf_plugin.models.token_mixing import find_token_mixing
 from pfgdf_plugin.pruning.errors import input_error, timeout_error
@@ -27,6 +28,7 @@ def build_graph(
     A failure is diagnosed on ``original``: an input the model itself cannot run is a ``ValueError``.
     """
     start = time.perf_counter()
+    adopt_head_dim_forwards(work)  # traced as the pruned model will run
     try:
         with tolerant_index_mapping(), hidden_scores(), hidden_broadcasts(), traced_sizes(work):
             dg = tp.DependencyGraph().build_dependency(

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
-from pfgdf_plugin._compat.torch_pruning import bounded_group_search, module_name, ordered_split_mapping
+from pfgdf_plugin._compat.torch_pruning import bounded_group_search, group_search, module_name
 from pfgdf_plugin._util.budget import BudgetExceeded, DeadlineExceeded
 from pfgdf_plugin.allocation import ScoredGroup
 from pfgdf_plugin.criteria.channels import channel_direction
@@ -33,14 +33,14 @@ Importance = Callable[[tp.dependency.Group], torch.Tensor | None]
 
 GROUP_SEARCH_WORK = 2_000_000
 """Work Torch-Pruning's search for one group may do before the group is left alone: channel indices mapped
-through splits, concatenations, flattens and slices, plus members compared (`bounded_group_search`).
+through splits, concatenations, flattens and slices and checked for duplicates, plus members added
+(`bounded_group_search`; each (channel, root channel) pair is expanded once, `covering_search`).
 
-Limits count work, never time, so the plan is the same on every machine; this one is about 1.5 s of search on
-the machine of the 2026-12 sweep. Measured (2026-12-02): the largest groups that finish, among ViT-B (BEiT),
-DenseNet-121, ConvMixer-768, NaFlexViT-B and EfficientViT-M0, take 0.52 M units (EfficientViT-M0's stage 1)
-and 0.27 M (BEiT's residual stream, 659 members); EfficientViT-M0's runaway attention searches map 80 M indices
-(50 s each) before they pass the member limit. Counting calls instead (the 20,000 steps of version 0.2) let
-each of those run for a minute and hold gigabytes of indices."""
+Limits count work, never time, so the plan is the same on every machine; a runaway search takes about 1.4 s to
+reach it on the machine of the 2026-12 sweep. Measured (2026-12-02, second sweep): the largest groups that
+finish take 0.73 M units (iFormer-T, HieraDet-S) and 0.44 M (EfficientFormerV2-S0); EfficientViT-M0's 42
+runaway attention and residual searches take 64 s together. Counting calls instead (the 20,000 steps of version
+0.2) let each of those run for a minute and hold gigabytes of indices."""
 
 GROUP_MEMBER_FACTOR = 1.0
 """A group holding more members than this many times the graph's nodes is a runaway search: left alone."""
@@ -83,7 +83,7 @@ def enumerate_groups(
         if deadline is not None and time.perf_counter() > deadline:
             raise timeout_error(model, timeout, "listing its groups")
         try:
-            with ordered_split_mapping(), bounded_group_search(GROUP_SEARCH_WORK, deadline, max_members) as search:
+            with group_search(), bounded_group_search(GROUP_SEARCH_WORK, deadline, max_members) as search:
                 group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
         except DeadlineExceeded:
             raise timeout_error(model, timeout, "listing its groups") from None

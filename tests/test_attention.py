@@ -3,6 +3,7 @@ exact (against a float64 masked reference of the unpruned model) and exports wit
 
 import copy
 
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -181,3 +182,51 @@ def test_glu_halves_lose_the_same_positions():
     with torch.no_grad():
         reference[1].fc2.weight[:, [i for i in range(32) if i not in kept]] = 0
         torch.testing.assert_close(result.model.double()(x.double()), reference(x.double()), rtol=1e-9, atol=1e-9)
+
+
+_SEPARATE_V = {
+    "tnt": lambda: timm.create_model("tnt_s_legacy_patch16_224", num_classes=10, img_size=32, depth=1),
+    "convit_gpsa": lambda: timm.create_model("convit_tiny", num_classes=10, img_size=32, patch_size=8, depth=2,
+                                             local_up_to_layer=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SEPARATE_V))
+def test_separate_value_projections_lose_the_same_dimensions_in_every_head(name):
+    # TNT's and ConViT's GPSA's v is its own layer (q and k share another): v may lose dimensions on its own, the
+    # same ones in every head. Only the v groups pruned: the model must equal the unpruned one (float64) with
+    # those v rows zeroed.
+    def _make() -> nn.Module:
+        torch.manual_seed(0)
+        return _SEPARATE_V[name]().eval()
+
+    net = _make()
+    values = [n for n, m in net.named_modules() if n.endswith(".v") and isinstance(m, nn.Linear)]
+    layouts = find_heads(net)
+    assert {n for n, m in net.named_modules() if m in layouts and layouts[m].parts == 1} == set(values)
+    others = [m for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in values]
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(net, x, alpha=1.0, ignored_layers=others)
+    reference = _make().double()
+    old_modules, new_modules = dict(reference.named_modules()), dict(result.model.named_modules())
+    shrunk = 0
+    for name in values:
+        old, new = old_modules[name], new_modules[name]
+        heads = old_modules[name.rsplit(".", 1)[0]].num_heads
+        dim, kept_dim = old.out_features // heads, new.out_features // heads
+        assert new.out_features == heads * kept_dim and 1 <= kept_dim <= dim
+        w_old, w_new = old.weight.float(), new.weight
+        kept = [[next(d for d in range(dim) if torch.equal(w_old[h * dim + d], w_new[h * kept_dim + j]))
+                 for j in range(kept_dim)] for h in range(heads)]
+        assert kept == [kept[0]] * heads, f"{name}: every head keeps the same dimensions"
+        shrunk += kept_dim < dim
+        with torch.no_grad():
+            for h in range(heads):
+                rows = [h * dim + d for d in range(dim) if d not in kept[0]]
+                old.weight[rows] = 0
+                if old.bias is not None:
+                    old.bias[rows] = 0
+    assert shrunk
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(result.model).double()(x.double()), reference(x.double()),
+                                   rtol=1e-9, atol=1e-9)

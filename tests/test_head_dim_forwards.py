@@ -33,6 +33,8 @@ _MODELS = {
         "vit_srelpos_small_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, 32),
     ("timm.models.twins", "GlobalSubSampleAttn"): ("twins_svt_small", {"depths": (2, 2, 2, 2)}, 64),
     ("timm.models.pvt_v2", "Attention"): ("pvt_v2_b0", {}, 64),
+    ("timm.models.convit", "GPSA"): ("convit_tiny", {"img_size": 32, "patch_size": 8, "depth": 2,
+                                                     "local_up_to_layer": 1}, 32),
 }
 
 

@@ -83,7 +83,7 @@ def operator_sites(model: nn.Module, example_inputs: torch.Tensor | tuple | list
             sig = {"op": "linear", "tokens": [int(d) for d in x.shape[:-1]], "in": m.in_features,
                    "out": m.out_features}
             sites.append(OperatorSite(sig, {"in": (m, "in", 1), "out": (m, "out", 1)}, names.get(m, "")))
-        if m in heads and isinstance(m, nn.Linear) and x.dim() >= 3:
+        if m in heads and heads[m].parts > 1 and isinstance(m, nn.Linear) and x.dim() >= 3:  # not a lone v
             layout = heads[m]
             sig = {"op": "attention", "batch": math.prod(int(d) for d in x.shape[:-2]), "tokens": int(x.shape[-2]),
                    "heads": layout.num_heads, "head_dim": layout.head_dim, "unit": layout.unit}

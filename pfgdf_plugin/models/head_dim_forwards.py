@@ -1,19 +1,15 @@
-"""timm attention blocks whose forward takes the head width from the input, re-expressed to read ``head_dim``.
+"""timm attention blocks whose forward takes widths from the input, re-expressed to read them from the block.
 
-CaiT's ``TalkingHeadAttn``, VOLO's and ConViT's self-attention, DaViT's window attention and Twins' locally
-grouped attention reshape their fused ``qkv`` with ``C // num_heads`` (``C`` the block's *input* width) and the
-attention output back to ``C``. Once every head has lost dimensions (`pfgdf_plugin.pruning.attention`) neither
-holds, though nothing else in them depends on the head width. `adopt_head_dim_forward` gives such a block a
-subclass of its own class whose forward computes the same thing with ``head_dim`` read from the block and the
-output width inferred (``-1``); ``isinstance`` checks, parameters, buffers and state-dict keys are unchanged,
-and so is what the block computes (tested against timm's forward on both of its paths). prune() gives them to
-its working copies before tracing (`adopt_head_dim_forwards`), so the model it returns has them.
-
-The block is marked (``head_dim_forward = True``, a plain attribute `save_pruned` records), so `load_pruned`
-gives the rebuilt block the same subclass. Each forward keeps timm's order of operations, its fused path
-(``F.scaled_dot_product_attention``) and its dropout; only the output layouts that put heads before head
-dimensions (``[heads, head_dim]``, as the ``qkv`` projection does) are listed: NesT's puts head dimensions
-first, so its projection's inputs would not follow the pruned ``qkv`` rows.
+CaiT's ``TalkingHeadAttn``, VOLO's and ConViT's self-attention (``MHSA``, and ``GPSA`` with its own v), DaViT's
+window attention and Twins' locally grouped attention reshape their projections with ``C // num_heads`` (``C``
+the block's *input* width) and the attention output back to ``C``; Twins' and PVT-v2's sub-sampled attention
+also reshape the sub-sampling conv's output to ``C``. Once heads lose dimensions or the residual stream shrinks
+(`pfgdf_plugin.pruning.attention`) none of that holds, though nothing else in them depends on those widths.
+`adopt_head_dim_forward` gives such a block a subclass of its own class whose forward computes the same thing
+with ``head_dim`` read from the block and the other widths inferred (``-1``); ``isinstance`` checks,
+parameters, buffers and state-dict keys are unchanged, and so is what the block computes (tested against
+timm's forward on both of its paths). prune() gives them to its working copies before tracing
+(`adopt_head_dim_forwards`), so the model it returns has them.
 
 Examples:
     >>> import timm, torch
@@ -138,6 +134,29 @@ def _sub_sampled(self: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> tor
     return self.proj_drop(self.proj(x))
 
 
+def _gpsa(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # convit.GPSA: its own v, reshaped with C // heads
+    B, N, _ = x.shape
+    if self.rel_indices is None or self.rel_indices.shape[1] != N:
+        self.rel_indices = self.get_rel_indices(N)
+    attn = self.get_attention(x)
+    v = self.v(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+    x = (attn @ v).transpose(1, 2).reshape(B, N, -1)
+    return self.proj_drop(self.proj(x))
+
+
+def _gpsa_attention(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # convit.GPSA.get_attention
+    B, N, _ = x.shape
+    qk = self.qk(x).reshape(B, N, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = qk[0], qk[1]
+    pos_score = self.pos_proj(self.rel_indices.expand(B, -1, -1, -1)).permute(0, 3, 1, 2)
+    patch_score = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+    pos_score = pos_score.softmax(dim=-1)
+    gating = self.gating_param.view(1, -1, 1, 1)
+    attn = (1. - torch.sigmoid(gating)) * patch_score + torch.sigmoid(gating) * pos_score
+    attn /= attn.sum(dim=-1).unsqueeze(-1)
+    return self.attn_drop(attn)
+
+
 def _relpos(self: nn.Module, x: torch.Tensor, shared_rel_pos: torch.Tensor | None = None) -> torch.Tensor:
     B, N, _ = x.shape  # vision_transformer_relpos.RelPosAttention: reads head_dim, but reshapes back to C
     q, k, v = _qkv(self, x, B)
@@ -166,8 +185,14 @@ FORWARDS: dict[tuple[str, str], Callable[..., torch.Tensor]] = {
     ("timm.models.vision_transformer_relpos", "RelPosAttention"): _relpos,
     ("timm.models.twins", "GlobalSubSampleAttn"): _sub_sampled,
     ("timm.models.pvt_v2", "Attention"): _sub_sampled,
+    ("timm.models.convit", "GPSA"): _gpsa,
 }
 """timm attention classes (module, qualified name) with a forward that reads ``head_dim``."""
+
+_OTHER_METHODS: dict[tuple[str, str], dict[str, Callable[..., torch.Tensor]]] = {
+    ("timm.models.convit", "GPSA"): {"get_attention": _gpsa_attention},
+}
+"""Methods besides ``forward`` that the same classes re-express."""
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -203,7 +228,8 @@ def adopt_head_dim_forward(block: nn.Module) -> bool:
     sub = _SUBCLASSES.get(cls)
     if sub is None:
         sub = type(f"{cls.__name__}ByHeadDim", (cls,), {
-            "forward": forward, "_head_dim_forward": True, "__module__": __name__,
+            "forward": forward, **_OTHER_METHODS.get(_key(cls), {}), "_head_dim_forward": True,
+            "__module__": __name__,
             "__doc__": f"timm's ``{cls.__qualname__}`` with ``head_dim`` read from the block (see {__name__}).",
         })
         _SUBCLASSES[cls] = sub

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from pfgdf_plugin.models.head_dim_forwards import adopt_head_dim_forward, has_head_dim_forward
+from pfgdf_plugin.models.head_dim_forwards import adopt_head_dim_forward, base_class, has_head_dim_forward
 
 # Fused projections by attribute name, with how many tensors (q, k, v) each holds per head.
 _FUSED = {"qkv": 3, "kv": 2}
@@ -63,6 +63,12 @@ _DIM_SAFE = frozenset({
 })
 # Blocks that reshape with the input width (C // num_heads) are dim-safe too once given a forward that reads
 # head_dim (`pfgdf_plugin.models.head_dim_forwards`), which `update_heads` does when their head_dim shrinks.
+# Blocks with a separate v projection reshaped (B, N, num_heads, -1) and read only by attn @ v, the output back
+# with -1: v can lose the same dimensions in every head while q and k keep theirs (no attribute to rewrite).
+_V_DIM_SAFE = frozenset({
+    ("timm.models.tnt", "Attention"),
+    ("timm.models.convit", "GPSA"),  # with the forward of `pfgdf_plugin.models.head_dim_forwards`
+})
 # Submodules that, when present and not an identity, act per head dimension (q/k LayerNorm) or per attention
 # channel of the raw input (a gate), so head dimensions cannot go.
 _PER_DIM_PARTS = ("q_norm", "k_norm", "gate")
@@ -75,7 +81,7 @@ class HeadLayout:
     Attributes:
         block: the attention module that owns ``num_heads``.
         projection: its fused projection (``nn.Linear`` or 1x1 conv), outputs ``[parts, heads, head_dim]``.
-        parts: tensors per head in the projection (3 for qkv, 2 for kv).
+        parts: tensors per head in the projection (3 for qkv, 2 for kv, 1 for a separate v).
         num_heads: heads before pruning.
         head_dim: channels per head per part before pruning.
         unit: ``"dim"`` (one dimension of every head goes) or ``"head"`` (a whole head goes).
@@ -111,10 +117,14 @@ def _out_channels(layer: nn.Module) -> int | None:
     return None
 
 
+def _key(block: nn.Module) -> tuple[str, str]:
+    cls = base_class(block)  # timm's class, also for a block given a head-dim forward
+    return cls.__module__, cls.__qualname__
+
+
 def _unit(block: nn.Module, parts: int, heads: int, head_dim: int) -> str:
     """The documented rule: head dimensions where the block allows them and they are the finer unit."""
-    cls = type(block)
-    known = (cls.__module__, cls.__qualname__) in _DIM_SAFE or has_head_dim_forward(block)
+    known = _key(block) in _DIM_SAFE or has_head_dim_forward(block)
     if not known or parts != 3 or head_dim <= heads:
         return "head"
     if getattr(block, "head_dim", head_dim) != head_dim or not isinstance(getattr(block, "scale", None), float):
@@ -131,7 +141,9 @@ def find_heads(model: nn.Module) -> dict[nn.Module, HeadLayout]:
 
     A block qualifies when it has an integer ``num_heads``, a ``qkv`` (or ``kv``) child layer, and that
     layer's outputs are exactly ``parts x num_heads x head_dim`` (``head_dim`` read from the block, or the
-    only value that fits). Its unit follows the module's rule (see the module docstring).
+    only value that fits). Its unit follows the module's rule (see the module docstring). A separate ``v``
+    projection of a block known to allow it (TNT's, ConViT's GPSA) is a layout of one part that loses head
+    dimensions.
     """
     found: dict[nn.Module, HeadLayout] = {}
     for block in model.modules():
@@ -149,6 +161,10 @@ def find_heads(model: nn.Module) -> dict[nn.Module, HeadLayout]:
             if parts * heads * head_dim == out:
                 unit = _unit(block, parts, heads, head_dim)
                 found[projection] = HeadLayout(block, projection, parts, heads, head_dim, unit)
+        v = getattr(block, "v", None)
+        out = _out_channels(v) if isinstance(v, nn.Module) else None
+        if _key(block) in _V_DIM_SAFE and out and out % heads == 0:
+            found[v] = HeadLayout(block, v, 1, heads, out // heads, "dim")
     return found
 
 
@@ -170,6 +186,9 @@ def update_heads(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Module, 
     for layout in layouts.values():
         out = _out_channels(layout.projection)
         block = layout.block
+        if layout.parts == 1:  # a separate v: equal heads is all its block needs
+            _whole(block, out, layout.num_heads, f"heads of equal size ({layout.num_heads} heads)")
+            continue
         if layout.unit == "dim":
             head_dim = _whole(block, out, layout.parts * layout.num_heads,
                               f"heads of equal size ({layout.parts} x {layout.num_heads} heads)")
@@ -200,7 +219,8 @@ def head_dim_changes(layouts: dict[nn.Module, HeadLayout]) -> list[tuple[nn.Modu
     return [
         (layout.block, layout.head_dim, getattr(layout.block, "head_dim", layout.head_dim))
         for layout in layouts.values()
-        if layout.unit == "dim" and getattr(layout.block, "head_dim", layout.head_dim) != layout.head_dim
+        if layout.unit == "dim" and layout.parts > 1
+        and getattr(layout.block, "head_dim", layout.head_dim) != layout.head_dim
     ]
 
 

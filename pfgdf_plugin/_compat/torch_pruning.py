@@ -93,14 +93,14 @@ def covering_search() -> Iterator[None]:
     InceptionNeXt's and ResNeSt's groups ran for minutes before being left alone. Here a dependency is skipped
     when the group already holds all of its (index, root index) pairs, and a newly mapped index list keeps only
     the pairs the group does not hold yet, so only those travel on. Every index mapping maps each pair on its own,
-    so the group reaches exactly the pairs Torch-Pruning's search would reach, in the same order, wherever that
-    search ends; merged, each member channel keeps the first root channel it was reached from, as Torch-Pruning's
+    so the group reaches exactly the pairs Torch-Pruning's search would reach, wherever that search ends;
+    merged, each member channel keeps the first root channel it was reached from, as Torch-Pruning's
     ``add_and_merge`` keeps. (Keyed by channel alone it would be faster still, but a channel reached first from
     the wrong root along a spurious path, q of a fused qkv, would then shadow the right one, v.)
     """
     from torch_pruning.dependency import group
 
-    saved_add, saved_has = group.Group.add_dep, group.Group.has_pruning_op
+    saved = {name: getattr(group.Group, name) for name in ("add_dep", "has_pruning_op", "add_and_merge")}
     # Ids of the index lists some group holds: such a list is shared (a member's, passed on unmapped, or the
     # search's, passed to the merged group) and never edited; any other list was just made by a mapping.
     held_lists: set[int] = set()
@@ -114,15 +114,10 @@ def covering_search() -> Iterator[None]:
         held = held_of(self_, dep)
         if id(idxs) in held_lists:
             held.update(idxs)
-        else:
-            fresh = []
-            for i in idxs:
-                if i not in held:
-                    held.add(i)
-                    fresh.append(i)
-            idxs[:] = fresh
+        else:  # keep only the pairs not held yet (and hold them)
+            idxs[:] = [i for i in idxs if not (i in held or held.add(i))]
         held_lists.add(id(idxs))
-        return saved_add(self_, dep, idxs)
+        return saved["add_dep"](self_, dep, idxs)
 
     def has_pruning_op(self_: object, dep: object, idxs: list) -> bool:
         return held_of(self_, dep).issuperset(idxs)
@@ -131,16 +126,16 @@ def covering_search() -> Iterator[None]:
         # Torch-Pruning keeps one root per channel when it merges a member's lists, but takes the first list as
         # it is; the first list here may hold a channel twice (two roots), which its pruners would count twice.
         seen: set[int] = set()
-        saved_merge(self_, dep, [i for i in idxs if not (i.idx in seen or seen.add(i.idx))])
+        saved["add_and_merge"](self_, dep, [i for i in idxs if not (i.idx in seen or seen.add(i.idx))])
 
-    saved_merge = group.Group.add_and_merge
-    group.Group.add_dep, group.Group.has_pruning_op = add_dep, has_pruning_op
-    group.Group.add_and_merge = add_and_merge
+    patched = {"add_dep": add_dep, "has_pruning_op": has_pruning_op, "add_and_merge": add_and_merge}
+    for name, method in patched.items():
+        setattr(group.Group, name, method)
     try:
         yield
     finally:
-        group.Group.add_dep, group.Group.has_pruning_op = saved_add, saved_has
-        group.Group.add_and_merge = saved_merge
+        for name, method in saved.items():
+            setattr(group.Group, name, method)
 
 
 @contextlib.contextmanager

@@ -288,45 +288,6 @@ def _latency_source(args: argparse.Namespace, table: LatencyTable | None) -> str
     return f"latency target: {args.latency_table} ({table.source} table of {table.key.describe()}) ..."
 
 
-def latency_block(latency: dict[str, Any], device: str | None = None) -> str:
-    """The lines printed under the per-group table for a latency target, from ``LatencyOutcome.to_dict()``;
-    ``device`` describes the --latency-table's runtime (named when nothing here could measure it).
-
-    Examples:
-        >>> outcome = {"goal": "speedup", "value": 2.0, "threads": 1, "table": "CPU X; device table t.json",
-        ...            "predicted_before_ms": 4.0, "predicted_after_ms": 2.02, "measured_before_ms": None,
-        ...            "measured_after_ms": None, "corrections": 0, "table_seconds": 0.0,
-        ...            "predicted_speedup": 4.0 / 2.02, "measured_speedup": None, "target_speedup": 2.0}
-        >>> print(latency_block(outcome, "CPU X"))
-        latency on ONNX Runtime (CPU, 1 thread)
-          target       2.00x faster
-          predicted    4.000 ms -> 2.020 ms  (1.98x)
-          measured     not measured here: table from CPU X
-          corrections  0
-          table        CPU X; device table t.json
-    """
-    threads = latency["threads"]
-    if latency["goal"] == "speedup":
-        target = f"{latency['value']:.2f}x faster"
-    else:
-        target = f"{latency['value']:.4g} ms ({latency['target_speedup']:.2f}x faster)"
-    predicted = (f"{latency['predicted_before_ms']:.3f} ms -> {latency['predicted_after_ms']:.3f} ms  "
-                 f"({latency['predicted_speedup']:.2f}x)")
-    if latency["measured_speedup"] is not None:
-        measured = (f"{latency['measured_before_ms']:.3f} ms -> {latency['measured_after_ms']:.3f} ms  "
-                    f"({latency['measured_speedup']:.2f}x)")
-    else:
-        measured = f"not measured here: table from {device}" if device else "not measured here"
-    return "\n".join([
-        f"latency on ONNX Runtime (CPU, {threads} thread{'s' if threads != 1 else ''})",
-        f"  target       {target}",
-        f"  predicted    {predicted}",
-        f"  measured     {measured}",
-        f"  corrections  {latency['corrections']}",
-        f"  table        {latency['table']}",
-    ])
-
-
 def run(args: argparse.Namespace) -> int:
     from pfgdf_plugin._util.io import output_lock
 
@@ -343,6 +304,7 @@ def _run(args: argparse.Namespace, table: LatencyTable | None) -> int:
     from pfgdf_plugin.models.meta import ModelMeta
     from pfgdf_plugin.models.saved import save_pruned
     from pfgdf_plugin.pruning.api import prune
+    from pfgdf_plugin.pruning.report import latency_block
 
     set_threads(args.threads)
     log = (lambda *_a, **_k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

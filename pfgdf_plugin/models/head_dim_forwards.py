@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pfgdf_plugin.models.layers import channel_count
+
 MARK = "head_dim_forward"
 """The plain attribute set on a block given a head-dim forward (recorded by `save_pruned`)."""
 
@@ -197,19 +199,21 @@ _OTHER_METHODS: dict[tuple[str, str], dict[str, Callable[..., torch.Tensor]]] = 
 _SUBCLASSES: dict[type, type] = {}
 
 
-def _key(cls: type) -> tuple[str, str]:
-    return cls.__module__, cls.__qualname__
-
-
 def base_class(block: nn.Module) -> type:
     """The timm class of ``block`` (its own class unless it was given a head-dim forward)."""
     cls = type(block)
     return cls.__bases__[0] if getattr(cls, "_head_dim_forward", False) else cls
 
 
+def class_key(block: nn.Module) -> tuple[str, str]:
+    """``(module, qualified name)`` of the timm class of ``block``: how blocks are matched, never by name alone."""
+    cls = base_class(block)
+    return cls.__module__, cls.__qualname__
+
+
 def has_head_dim_forward(block: nn.Module) -> bool:
     """Whether ``block`` is (or can be given) a forward that reads ``head_dim`` from the block."""
-    return _key(base_class(block)) in FORWARDS
+    return class_key(block) in FORWARDS
 
 
 def adopt_head_dim_forward(block: nn.Module) -> bool:
@@ -219,16 +223,16 @@ def adopt_head_dim_forward(block: nn.Module) -> bool:
     """
     if getattr(type(block), "_head_dim_forward", False):
         return True
-    cls = type(block)
-    forward = FORWARDS.get(_key(cls))
+    cls, key = type(block), class_key(block)
+    forward = FORWARDS.get(key)
     if forward is None:
         return False
     if not isinstance(getattr(block, "head_dim", None), int) and hasattr(block, "qkv"):
-        block.head_dim = _out_features(block.qkv) // (3 * block.num_heads)
+        block.head_dim = channel_count(block.qkv, "out") // (3 * block.num_heads)
     sub = _SUBCLASSES.get(cls)
     if sub is None:
         sub = type(f"{cls.__name__}ByHeadDim", (cls,), {
-            "forward": forward, **_OTHER_METHODS.get(_key(cls), {}), "_head_dim_forward": True,
+            "forward": forward, **_OTHER_METHODS.get(key, {}), "_head_dim_forward": True,
             "__module__": __name__,
             "__doc__": f"timm's ``{cls.__qualname__}`` with ``head_dim`` read from the block (see {__name__}).",
         })
@@ -258,6 +262,3 @@ def adopt_marked(model: nn.Module) -> None:
             raise ValueError(f"the saved model's block {name!r} ({type(block).__name__}) reads head_dim from "
                              "itself, which this version of pfgdf-plugin cannot give that class; upgrade it")
 
-
-def _out_features(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch.nn as nn
@@ -98,8 +99,8 @@ def check_in_range(graph: tp.DependencyGraph, group: tp.dependency.Group) -> Non
                 f"Torch-Pruning mapped the group to {'output' if out else 'input'} channel(s) {bad[:3]} of "
                 f"{module_name(graph, layer)}, which has {width}"
             )
-        if out and any(True for _ in layer.parameters(recurse=False)) and len(set(map(int, idxs))) < len(idxs):
-            twice = sorted({int(i) for i in idxs if list(idxs).count(i) > 1})
+        twice = sorted(i for i, n in Counter(map(int, idxs)).items() if n > 1) if out else []
+        if twice and any(True for _ in layer.parameters(recurse=False)):
             raise RuntimeError(
                 f"Torch-Pruning mapped the group to output channel(s) {twice[:3]} of {module_name(graph, layer)} "
                 "from more than one root channel"

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from pfgdf_plugin.models.head_dim_forwards import adopt_head_dim_forward, base_class, has_head_dim_forward
+from pfgdf_plugin.models.head_dim_forwards import adopt_head_dim_forward, class_key, has_head_dim_forward
 
 # Fused projections by attribute name, with how many tensors (q, k, v) each holds per head.
 _FUSED = {"qkv": 3, "kv": 2}
@@ -117,14 +117,9 @@ def _out_channels(layer: nn.Module) -> int | None:
     return None
 
 
-def _key(block: nn.Module) -> tuple[str, str]:
-    cls = base_class(block)  # timm's class, also for a block given a head-dim forward
-    return cls.__module__, cls.__qualname__
-
-
 def _unit(block: nn.Module, parts: int, heads: int, head_dim: int) -> str:
     """The documented rule: head dimensions where the block allows them and they are the finer unit."""
-    known = _key(block) in _DIM_SAFE or has_head_dim_forward(block)
+    known = class_key(block) in _DIM_SAFE or has_head_dim_forward(block)
     if not known or parts != 3 or head_dim <= heads:
         return "head"
     if getattr(block, "head_dim", head_dim) != head_dim or not isinstance(getattr(block, "scale", None), float):
@@ -163,7 +158,7 @@ def find_heads(model: nn.Module) -> dict[nn.Module, HeadLayout]:
                 found[projection] = HeadLayout(block, projection, parts, heads, head_dim, unit)
         v = getattr(block, "v", None)
         out = _out_channels(v) if isinstance(v, nn.Module) else None
-        if _key(block) in _V_DIM_SAFE and out and out % heads == 0:
+        if class_key(block) in _V_DIM_SAFE and out and out % heads == 0:
             found[v] = HeadLayout(block, v, 1, heads, out // heads, "dim")
     return found
 
